@@ -1,0 +1,441 @@
+"""Learning-rate schedules: large steps early for speed, small steps later to fine-tune (L6).
+
+A schedule maps the optimizer's step counter to a value, ``count -> η_count``. Every factory
+here checks its hyperparameters once, when it is called, and returns a pure function of
+``count`` (an integer scalar, possibly traced under ``jit``) that returns a float32 scalar
+array. Any of them can be passed wherever Optax takes a schedule, e.g.
+``optax.sgd(learning_rate=schedule)``. Hyperparameters are Python numbers or concrete scalars.
+
+The lesson's rule, "multiply η by 0.98 after each epoch", is :func:`per_epoch_decay`,
+
+    η_count = η_0 · 0.98^⌊count / steps_per_epoch⌋,
+
+a staircase case of the exponential decay η_0 · r^((count − begin) / T). The family, with
+c(t, T) = ½(1 + cos(π · min(t, T) / T)) falling from 1 at t = 0 to 0 from t = T on:
+
+    constant            η_0
+    exponential_decay   η_0 · r^(max(count − begin, 0) / T)   (exponent floored if staircase)
+    per_epoch_decay     η_0 · f^⌊count / steps_per_epoch⌋
+    step_decay          η_0 · γ^⌊count / step_size⌋            (PyTorch's ``StepLR``)
+    cosine_decay        η_0 · ((1 − α) · c(count, T)^p + α)    (Loshchilov & Hutter, 2017)
+    warmup_cosine       linear η_0 → η_peak over W steps, then cosine η_peak → η_end
+    piecewise_constant  η_0 · ∏ {s_i : b_i ≤ count}
+    one_cycle           cosine η_peak/d → η_peak, then cosine η_peak → η_peak/(d · d_final)
+                        (Smith & Topin, 2017)
+
+Each matches its Optax counterpart (``optax.exponential_decay``, ``optax.cosine_decay_schedule``,
+``optax.warmup_cosine_decay_schedule``, ``optax.piecewise_constant_schedule``,
+``optax.cosine_onecycle_schedule``, ``optax.join_schedules``) to float32 precision. Where Optax
+quietly turns a bad argument into a constant schedule (a non-positive number of steps, a zero
+decay rate), these raise ``ValueError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxtricks.tricks._checks import (
+    check_callable,
+    check_nonnegative,
+    check_positive,
+    check_range,
+)
+
+Schedule = Callable[[ArrayLike], jax.Array]
+
+
+def _check_steps(name: str, value: Any, minimum: int, why: str = "") -> int:
+    """Raises ``ValueError`` unless ``value`` is an integer ``>= minimum``; returns it as int."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{why}, got {value!r}")
+    return int(value)
+
+
+def _f32(value: ArrayLike) -> jax.Array:
+    return jnp.asarray(value, dtype=jnp.float32)
+
+
+def _cosine_factor(count: ArrayLike, steps: int) -> jax.Array:
+    """½(1 + cos(π t / T)) for t = count clipped to [0, T]: 1 at the start, 0 from T on."""
+    # Float32 holds every count up to 2**24 exactly and the clip makes larger ones harmless.
+    t = jnp.clip(jnp.asarray(count).astype(jnp.float32), 0, steps)
+    return 0.5 * (1 + jnp.cos(jnp.pi * t / steps))
+
+
+def _linear_factor(count: ArrayLike, steps: int) -> jax.Array:
+    """1 − t / T for t = count clipped to [0, T]: 1 at the start, 0 from T on."""
+    return 1 - jnp.clip(jnp.asarray(count).astype(jnp.float32) / steps, 0, 1)
+
+
+def _anneal(
+        start: ArrayLike,
+        end: ArrayLike,
+        steps: int,
+        factor: Callable[[ArrayLike, int], jax.Array],
+) -> Schedule:
+    """``end + (start − end) · factor(count, steps)``: from ``start`` to ``end`` in ``steps``."""
+
+    def schedule(count: ArrayLike) -> jax.Array:
+        return _f32(end) + (_f32(start) - _f32(end)) * factor(count, steps)
+
+    return schedule
+
+
+def constant(value: ArrayLike) -> Schedule:
+    """The same value at every step.
+
+    Math: ``η_count = value``.
+
+    Args:
+      value: the value, >= 0.
+
+    Returns:
+      A schedule ``count -> value`` returning a float32 scalar array.
+
+    Example:
+      >>> schedule = constant(0.1)
+      >>> print(schedule(0), schedule(10_000))
+      0.1 0.1
+    """
+    check_nonnegative("value", value)
+
+    def schedule(count: ArrayLike) -> jax.Array:
+        del count
+        return _f32(value)
+
+    return schedule
+
+
+def exponential_decay(
+        init_value: ArrayLike,
+        decay_rate: ArrayLike,
+        transition_steps: int = 1,
+        *,
+        transition_begin: int = 0,
+        staircase: bool = False,
+        end_value: ArrayLike | None = None,
+) -> Schedule:
+    """Exponential decay: the value is multiplied by ``decay_rate`` every ``transition_steps``.
+
+    Math: with ``e = max(count − transition_begin, 0) / transition_steps`` (floored when
+    ``staircase``), ``η_count = init_value · decay_rate^e``, then bounded below by
+    ``end_value`` when ``decay_rate < 1`` (above when ``decay_rate > 1``).
+
+    Args:
+      init_value: the value up to ``transition_begin``, >= 0.
+      decay_rate: factor per ``transition_steps`` steps, > 0 (< 1 decays, > 1 grows).
+      transition_steps: integer >= 1, the steps over which the value changes by
+        ``decay_rate``.
+      transition_begin: integer >= 0, steps to hold ``init_value`` before decaying.
+      staircase: decay in jumps, once every ``transition_steps``, instead of smoothly.
+      end_value: optional bound, >= 0, where the decay stops.
+
+    Returns:
+      A schedule ``count -> value`` returning a float32 scalar array.
+
+    Example:
+      >>> schedule = exponential_decay(1.0, 0.5, 10, staircase=True)
+      >>> print(schedule(9), schedule(10), schedule(25))
+      1.0 0.5 0.25
+    """
+    check_nonnegative("init_value", init_value)
+    check_positive("decay_rate", decay_rate)
+    transition_steps = _check_steps("transition_steps", transition_steps, 1)
+    transition_begin = _check_steps("transition_begin", transition_begin, 0)
+    if end_value is not None:
+        check_nonnegative("end_value", end_value)
+        bound = jnp.maximum if decay_rate < 1 else jnp.minimum
+
+    def schedule(count: ArrayLike) -> jax.Array:
+        elapsed = jnp.maximum(jnp.asarray(count) - transition_begin, 0)
+        if staircase:
+            # Integer division: a float quotient can round up to the next step for large counts.
+            exponent = (elapsed // transition_steps).astype(jnp.float32)
+        else:
+            exponent = elapsed.astype(jnp.float32) / transition_steps
+        value = _f32(init_value) * jnp.power(_f32(decay_rate), exponent)
+        if end_value is not None:
+            value = bound(value, _f32(end_value))
+        return value
+
+    return schedule
+
+
+def per_epoch_decay(
+        init_value: ArrayLike, steps_per_epoch: int, factor: ArrayLike = 0.98
+) -> Schedule:
+    """The lesson's decay: multiply the learning rate by ``factor`` after each epoch.
+
+    Math: in epoch ``e = count // steps_per_epoch`` the value is ``η_e = η_0 · factor^e``
+    (``η_0 · 0.98^e`` by default), constant within the epoch: a staircase
+    :func:`exponential_decay` with ``transition_steps = steps_per_epoch``.
+
+    Args:
+      init_value: η_0, the value during the first epoch, >= 0.
+      steps_per_epoch: integer >= 1, optimizer steps (minibatches) per epoch.
+      factor: multiplier per epoch, in (0, 1].
+
+    Returns:
+      A schedule ``count -> value`` returning a float32 scalar array.
+
+    Example:
+      >>> schedule = per_epoch_decay(0.1, steps_per_epoch=100)
+      >>> print(f"{schedule(99):.6f} {schedule(100):.6f} {schedule(250):.6f}")
+      0.100000 0.098000 0.096040
+    """
+    check_range("factor", factor, 0.0, 1.0, low_open=True)
+    steps_per_epoch = _check_steps("steps_per_epoch", steps_per_epoch, 1)
+    return exponential_decay(init_value, factor, steps_per_epoch, staircase=True)
+
+
+def step_decay(init_value: ArrayLike, step_size: int, gamma: ArrayLike = 0.1) -> Schedule:
+    """Step decay (PyTorch's ``StepLR``): multiply by ``gamma`` every ``step_size`` steps.
+
+    Math: ``η_count = init_value · gamma^⌊count / step_size⌋``, a staircase
+    :func:`exponential_decay`.
+
+    Args:
+      init_value: the value for the first ``step_size`` steps, >= 0.
+      step_size: integer >= 1, steps between drops.
+      gamma: multiplier per drop, in (0, 1].
+
+    Returns:
+      A schedule ``count -> value`` returning a float32 scalar array.
+
+    Example:
+      >>> schedule = step_decay(1.0, step_size=30, gamma=0.5)
+      >>> print(schedule(29), schedule(30), schedule(60))
+      1.0 0.5 0.25
+    """
+    check_range("gamma", gamma, 0.0, 1.0, low_open=True)
+    step_size = _check_steps("step_size", step_size, 1)
+    return exponential_decay(init_value, gamma, step_size, staircase=True)
+
+
+def cosine_decay(
+        init_value: ArrayLike,
+        decay_steps: int,
+        alpha: ArrayLike = 0.0,
+        exponent: ArrayLike = 1.0,
+) -> Schedule:
+    """Cosine decay from ``init_value`` to ``alpha · init_value`` over ``decay_steps``.
+
+    Math: ``η_count = init_value · ((1 − α) · c^p + α)`` with
+    ``c = ½(1 + cos(π · min(count, T) / T))``, ``T = decay_steps``, ``p = exponent``;
+    constant at ``α · init_value`` from step ``T`` on. Loshchilov & Hutter, "SGDR:
+    Stochastic Gradient Descent with Warm Restarts", ICLR 2017.
+
+    Args:
+      init_value: the value at step 0, >= 0.
+      decay_steps: integer >= 1, the length of the decay.
+      alpha: the final value as a fraction of ``init_value``, in [0, 1].
+      exponent: p > 0; larger values decay faster early on.
+
+    Returns:
+      A schedule ``count -> value`` returning a float32 scalar array.
+
+    Example:
+      >>> schedule = cosine_decay(1.0, decay_steps=100, alpha=0.1)
+      >>> print(f"{schedule(0):.2f} {schedule(50):.2f} {schedule(100):.2f} {schedule(500):.2f}")
+      1.00 0.55 0.10 0.10
+    """
+    check_nonnegative("init_value", init_value)
+    decay_steps = _check_steps("decay_steps", decay_steps, 1)
+    check_range("alpha", alpha, 0.0, 1.0)
+    check_positive("exponent", exponent)
+
+    def schedule(count: ArrayLike) -> jax.Array:
+        alpha32 = _f32(alpha)
+        decayed = (1 - alpha32) * _cosine_factor(count, decay_steps) ** _f32(exponent) + alpha32
+        return _f32(init_value) * decayed
+
+    return schedule
+
+
+def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
+    """Runs ``schedules`` one after another, switching at the step ``boundaries``.
+
+    Math: for ``b_{i−1} <= count < b_i`` (with ``b_{−1} = 0``) the value is
+    ``schedules[i](count − b_{i−1})``: each schedule counts from its own start.
+
+    Args:
+      schedules: the schedules, in order.
+      boundaries: ``len(schedules) − 1`` strictly increasing integers >= 1, the steps at
+        which the next schedule takes over.
+
+    Returns:
+      A schedule ``count -> value`` returning a float32 scalar array when every part does.
+
+    Example:
+      >>> schedule = join([constant(1.0), exponential_decay(1.0, 0.5)], [10])
+      >>> print(schedule(9), schedule(10), schedule(12))
+      1.0 1.0 0.25
+    """
+    schedules = tuple(check_callable(f"schedules[{i}]", s) for i, s in enumerate(schedules))
+    boundaries = tuple(boundaries)
+    if not schedules:
+        raise ValueError("schedules must hold at least one schedule, got none")
+    if len(boundaries) != len(schedules) - 1:
+        raise ValueError(
+            f"boundaries must hold len(schedules) - 1 = {len(schedules) - 1} steps, "
+            f"got {len(boundaries)}: {boundaries!r}"
+        )
+    previous = 0
+    for i, boundary in enumerate(boundaries):
+        why = f" (strictly increasing, after {previous})" if i else ""
+        previous = _check_steps(f"boundaries[{i}]", boundary, previous + 1, why)
+
+    def schedule(count: ArrayLike) -> jax.Array:
+        count = jnp.asarray(count)
+        value = schedules[0](count)
+        for boundary, later in zip(boundaries, schedules[1:], strict=True):
+            value = jnp.where(count < boundary, value, later(count - boundary))
+        return value
+
+    return schedule
+
+
+def warmup_cosine(
+        init_value: ArrayLike,
+        peak_value: ArrayLike,
+        warmup_steps: int,
+        decay_steps: int,
+        end_value: ArrayLike = 0.0,
+) -> Schedule:
+    """Linear warm-up from ``init_value`` to ``peak_value``, then cosine decay to ``end_value``.
+
+    Math: ``η_count = init_value + (peak_value − init_value) · count / W`` for
+    ``count < W = warmup_steps``, then :func:`cosine_decay` from ``peak_value`` to
+    ``end_value`` over the remaining ``decay_steps − W`` steps. As in Optax, ``decay_steps``
+    is the length of the whole schedule, warm-up included.
+
+    Args:
+      init_value: the value at step 0, >= 0.
+      peak_value: the value reached at step ``warmup_steps``, >= 0.
+      warmup_steps: integer >= 1, the length of the warm-up.
+      decay_steps: integer > ``warmup_steps``, the length of warm-up plus decay.
+      end_value: the value from step ``decay_steps`` on, in [0, peak_value].
+
+    Returns:
+      A schedule ``count -> value`` returning a float32 scalar array.
+
+    Example:
+      >>> schedule = warmup_cosine(0.0, 1.0, warmup_steps=10, decay_steps=110)
+      >>> print(f"{schedule(5):.2f} {schedule(10):.2f} {schedule(60):.2f} {schedule(110):.2f}")
+      0.50 1.00 0.50 0.00
+    """
+    check_nonnegative("init_value", init_value)
+    check_nonnegative("peak_value", peak_value)
+    warmup_steps = _check_steps("warmup_steps", warmup_steps, 1)
+    decay_steps = _check_steps(
+        "decay_steps", decay_steps, warmup_steps + 1, " (warmup_steps + 1: it counts the warm-up)"
+    )
+    check_range("end_value", end_value, 0.0, float(peak_value))
+    # end_value <= peak_value, so a zero peak forces a zero end and any alpha would do.
+    alpha = float(end_value) / float(peak_value) if peak_value > 0 else 0.0
+    return join(
+        [
+            _anneal(init_value, peak_value, warmup_steps, _linear_factor),
+            cosine_decay(peak_value, decay_steps - warmup_steps, alpha=alpha),
+        ],
+        [warmup_steps],
+    )
+
+
+def piecewise_constant(
+        init_value: ArrayLike, boundaries_and_scales: Mapping[int, ArrayLike]
+) -> Schedule:
+    """Constant pieces: at each boundary step the value is multiplied by that boundary's scale.
+
+    Math: ``η_count = init_value · ∏ {s_i : b_i <= count}`` for the pairs
+    ``(b_i, s_i)`` of ``boundaries_and_scales``.
+
+    Args:
+      init_value: the value before the first boundary, >= 0.
+      boundaries_and_scales: ``{boundary: scale}`` with integer boundaries >= 0 and
+        scales >= 0. The scales multiply: ``{100: 0.1, 200: 0.1}`` gives 0.01 · η from
+        step 200.
+
+    Returns:
+      A schedule ``count -> value`` returning a float32 scalar array.
+
+    Example:
+      >>> schedule = piecewise_constant(1.0, {100: 0.5, 200: 0.5})
+      >>> print(schedule(99), schedule(100), schedule(200))
+      1.0 0.5 0.25
+    """
+    check_nonnegative("init_value", init_value)
+    pieces = []
+    for boundary, scale in dict(boundaries_and_scales).items():
+        boundary = _check_steps("boundaries_and_scales boundary", boundary, 0)
+        pieces.append((boundary, check_nonnegative(f"boundaries_and_scales[{boundary}]", scale)))
+    pieces.sort(key=lambda piece: piece[0])
+
+    def schedule(count: ArrayLike) -> jax.Array:
+        count = jnp.asarray(count)
+        value = _f32(init_value)
+        for boundary, scale in pieces:
+            value = jnp.where(count >= boundary, value * _f32(scale), value)
+        return value
+
+    return schedule
+
+
+def one_cycle(
+        transition_steps: int,
+        peak_value: ArrayLike,
+        pct_start: float = 0.3,
+        div_factor: float = 25.0,
+        final_div_factor: float = 1e4,
+) -> Schedule:
+    """The one-cycle schedule: a cosine rise to ``peak_value``, then a cosine fall far below.
+
+    Math: with ``S = ⌊pct_start · transition_steps⌋``, ``η_0 = peak_value / div_factor`` and
+    ``η_end = η_0 / final_div_factor``, the value rises from ``η_0`` to ``peak_value`` on
+    a half cosine over steps [0, S], falls on a half cosine to ``η_end`` over
+    [S, transition_steps] and stays there. Smith & Topin, "Super-Convergence: Very Fast
+    Training of Neural Networks Using Large Learning Rates", 2017.
+
+    Args:
+      transition_steps: integer >= 2, the length of the cycle.
+      peak_value: the largest value, reached at step S, >= 0.
+      pct_start: the fraction of the cycle spent rising, in (0, 1); S must be at least 1
+        and less than ``transition_steps``.
+      div_factor: ``peak_value / div_factor`` is the starting value; >= 1.
+      final_div_factor: the final value is the starting value divided by this; >= 1.
+
+    Returns:
+      A schedule ``count -> value`` returning a float32 scalar array.
+
+    Example:
+      >>> schedule = one_cycle(100, peak_value=1.0, pct_start=0.25, div_factor=10.0)
+      >>> print(f"{schedule(0):.2f} {schedule(25):.2f} {schedule(100):.6f}")
+      0.10 1.00 0.000010
+    """
+    transition_steps = _check_steps("transition_steps", transition_steps, 2)
+    check_nonnegative("peak_value", peak_value)
+    check_range("pct_start", pct_start, 0.0, 1.0, low_open=True, high_open=True)
+    check_range("div_factor", div_factor, 1.0, math.inf, high_open=True)
+    check_range("final_div_factor", final_div_factor, 1.0, math.inf, high_open=True)
+    rise_steps = int(pct_start * transition_steps)
+    if not 1 <= rise_steps < transition_steps:
+        raise ValueError(
+            f"pct_start must give between 1 and transition_steps - 1 rising steps, got "
+            f"pct_start={pct_start!r} * transition_steps={transition_steps} -> {rise_steps}"
+        )
+    start_value = peak_value / div_factor
+    final_value = start_value / final_div_factor
+    return join(
+        [
+            _anneal(start_value, peak_value, rise_steps, _cosine_factor),
+            _anneal(peak_value, final_value, transition_steps - rise_steps, _cosine_factor),
+        ],
+        [rise_steps],
+    )

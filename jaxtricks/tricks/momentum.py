@@ -1,0 +1,155 @@
+"""Momentum: heavy-ball, Nesterov, and the lesson's velocity form (lesson L6).
+
+Heavy-ball momentum keeps a trace of past gradients and outputs it,
+
+    v_t = g_t + γ v_{t-1},        u_t = v_t                (heavy-ball)
+    v_t = g_t + γ v_{t-1},        u_t = g_t + γ v_t        (Nesterov, Sutskever et al. 2013)
+
+and the learning rate is applied afterwards (``u ← −η u``), so ``w_t = w_{t-1} − η_t v_t``.
+
+The lesson writes momentum with the learning rate inside the velocity,
+
+    v_t = γ v_{t-1} − η_t g_t,    w_t = w_{t-1} + v_t.
+
+With a constant η both are the same algorithm (the lesson's ``v`` is ``−η`` times the
+heavy-ball trace). Once η changes they differ: the lesson's velocity remembers each past
+gradient scaled by the learning rate *of its own step*, heavy-ball rescales the whole trace
+by the *current* learning rate. ``scale_by_velocity`` implements the lesson's form.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxtricks.tricks._checks import check_nonnegative, check_range, resolve
+from jaxtricks.tricks.base import zeros_like_tree
+from jaxtricks.tricks.tree import check_same_structure, like
+
+
+class MomentumState(NamedTuple):
+    """State of :func:`scale_by_momentum`."""
+
+    count: jax.Array  # shape=(), int32, steps taken (for schedules)
+    trace: optax.Updates  # like params, dtype accumulator_dtype or the params' dtype
+
+
+class VelocityState(NamedTuple):
+    """State of :func:`scale_by_velocity`."""
+
+    count: jax.Array  # shape=(), int32, steps taken (for schedules)
+    velocity: optax.Updates  # like params, the lesson's v (already includes −η)
+
+
+def scale_by_momentum(
+    decay: Any = 0.9,
+    *,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+    """Heavy-ball or Nesterov momentum on the gradients, learning rate not included.
+
+    Math: ``v_t = g_t + γ v_{t-1}``; returns ``v_t`` (heavy-ball) or ``g_t + γ v_t``
+    (Nesterov). Chain with :func:`scale_by_learning_rate` to take a step.
+
+    Args:
+      decay: γ in [0, 1]; 0 is plain SGD, 1 is pure motion. A float or a schedule.
+      nesterov: use Nesterov's look-ahead form.
+      accumulator_dtype: dtype of the trace; ``None`` uses each parameter's dtype.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a :class:`MomentumState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_momentum(0.5)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> u, state = tx.update(jnp.ones(2), state)
+      >>> u, state = tx.update(jnp.ones(2), state)
+      >>> u.tolist()
+      [1.5, 1.5]
+    """
+    check_range("decay", decay, 0.0, 1.0)
+
+    def init_fn(params):
+        return MomentumState(
+            count=jnp.zeros((), jnp.int32), trace=zeros_like_tree(params, accumulator_dtype)
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        check_same_structure("updates", updates, "the momentum trace", state.trace)
+        gamma = resolve(decay, state.count)
+        trace = jax.tree.map(
+            lambda g, t: g.astype(t.dtype) + like(gamma, t) * t, updates, state.trace
+        )
+        if nesterov:
+            out = jax.tree.map(
+                lambda g, t: (g.astype(t.dtype) + like(gamma, t) * t).astype(g.dtype),
+                updates,
+                trace,
+            )
+        else:
+            out = jax.tree.map(lambda g, t: t.astype(g.dtype), updates, trace)
+        return out, MomentumState(count=optax.safe_increment(state.count), trace=trace)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_by_velocity(
+    learning_rate: Any,
+    momentum: Any = 0.9,
+    *,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformation:
+    """The lesson's momentum, with the learning rate inside the velocity.
+
+    Math: ``v_t = γ v_{t-1} − η_t g_t``; returns ``v_t``, so that
+    ``optax.apply_updates`` performs ``w_t = w_{t-1} + v_t``. The sign flip is included:
+    do not chain :func:`scale_by_learning_rate` after it.
+
+    With constant η this equals heavy-ball momentum followed by ``−η``; with a schedule
+    it does not (see the module docstring).
+
+    Args:
+      learning_rate: η ≥ 0, a float or a schedule ``count -> η``.
+      momentum: γ in [0, 1], a float or a schedule.
+      accumulator_dtype: dtype of the velocity; ``None`` uses each parameter's dtype.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a :class:`VelocityState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_velocity(learning_rate=0.1, momentum=0.5)
+      >>> state = tx.init(jnp.zeros(1))
+      >>> v, state = tx.update(jnp.ones(1), state)
+      >>> v, state = tx.update(jnp.ones(1), state)
+      >>> round(float(v[0]), 6)
+      -0.15
+    """
+    check_nonnegative("learning_rate", learning_rate)
+    check_range("momentum", momentum, 0.0, 1.0)
+
+    def init_fn(params):
+        return VelocityState(
+            count=jnp.zeros((), jnp.int32), velocity=zeros_like_tree(params, accumulator_dtype)
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        check_same_structure("updates", updates, "the velocity", state.velocity)
+        eta = resolve(learning_rate, state.count)
+        gamma = resolve(momentum, state.count)
+        velocity = jax.tree.map(
+            lambda g, v: like(gamma, v) * v - like(eta, v) * g.astype(v.dtype),
+            updates,
+            state.velocity,
+        )
+        out = jax.tree.map(lambda g, v: v.astype(g.dtype), updates, velocity)
+        return out, VelocityState(count=optax.safe_increment(state.count), velocity=velocity)
+
+    return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,353 @@
+"""Reading and writing IDX files, the format MNIST and Fashion-MNIST ship in.
+
+An IDX file is a header followed by the data of one array, all big-endian::
+
+    byte 0, 1    0x00 0x00                      (magic, part 1)
+    byte 2       type code                      (magic, part 2; table below)
+    byte 3       ndim                           (magic, part 3)
+    4 * ndim     d_0, ..., d_{ndim-1}           (unsigned 32-bit sizes)
+    rest         prod(d_i) * itemsize bytes     (the values, row-major)
+
+so a well-formed file holds exactly ``4 + 4 * ndim + prod(d_i) * itemsize`` bytes. Type codes:
+0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64. Files are often
+gzipped; the reader recognises gzip by its magic bytes 0x1f 0x8b, never by the file name.
+
+Every departure from that layout raises :class:`IdxFormatError` naming the file and the problem,
+so a damaged download can never turn into a silently wrong array.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import secrets
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "IdxFormatError",
+    "atomic_write",
+    "check_images_labels",
+    "decode_idx",
+    "encode_idx",
+    "read_idx",
+    "read_idx_bytes",
+    "write_idx",
+]
+
+Source = str | os.PathLike | bytes | bytearray | memoryview
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# numpy 1.x cannot build arrays of more than 32 dimensions; no real IDX file comes close.
+_MAX_NDIM = 32
+_TYPE_CODES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_CODE_OF_KIND = {(dtype.kind, dtype.itemsize): code for code, dtype in _TYPE_CODES.items()}
+
+
+class IdxFormatError(ValueError):
+    """Raised when bytes are not a well-formed IDX file; the message names the file and why."""
+
+
+def _describe(source: Source, name: str | None) -> str:
+    if name is not None:
+        return name
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    return os.fspath(source)
+
+
+def read_idx_bytes(source: Source, *, name: str | None = None) -> bytes:
+    """The IDX content of a file or buffer, gunzipped when it starts with the gzip magic.
+
+    Content is what checksums are taken of, so that a raw file and its ``.gz`` check the same.
+
+    Args:
+        source: a path, or the file's bytes.
+        name: how error messages call the source; defaults to the path, or ``<bytes>``.
+
+    Returns:
+        The decompressed bytes (``source`` unchanged when it is not gzipped).
+
+    Raises:
+        IdxFormatError: the gzip stream is corrupt or truncated.
+
+    Example:
+        >>> import gzip
+        >>> read_idx_bytes(gzip.compress(b"\\x00\\x00\\x08\\x01"))
+        b'\\x00\\x00\\x08\\x01'
+    """
+    label = _describe(source, name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        data = Path(source).read_bytes()
+    if not data.startswith(_GZIP_MAGIC):
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as err:
+        raise IdxFormatError(f"{label}: corrupt gzip stream ({err})") from err
+
+
+def decode_idx(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
+    """Parses uncompressed IDX bytes into an array, checking the header against the data.
+
+    The result has shape ``(d_0, ..., d_{ndim-1})`` and the native-endian dtype of the type code.
+
+    Args:
+        data: the whole IDX content (see :func:`read_idx_bytes` for gzipped input).
+        name: how error messages call the source.
+
+    Returns:
+        A new writable ``np.ndarray``.
+
+    Raises:
+        IdxFormatError: bad magic, unknown type code, no or too many dimensions, truncated
+            header, fewer data bytes than the header declares, or bytes after the data.
+
+    Example:
+        >>> decode_idx(b"\\x00\\x00\\x08\\x02" + bytes([0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6)))
+        array([[0, 1, 2],
+               [3, 4, 5]], dtype=uint8)
+    """
+    if len(data) < 4:
+        raise IdxFormatError(
+            f"{name}: truncated header: {len(data)} bytes, an IDX file starts with 4 magic bytes"
+        )
+    if data[:2] != b"\x00\x00":
+        raise IdxFormatError(
+            f"{name}: bad magic 0x{data[:4].hex()}: an IDX file starts with two zero bytes"
+        )
+    code, ndim = data[2], data[3]
+    if code not in _TYPE_CODES:
+        known = ", ".join(f"0x{c:02X}" for c in _TYPE_CODES)
+        raise IdxFormatError(f"{name}: bad magic: unknown type code 0x{code:02X} (known: {known})")
+    if ndim == 0:
+        raise IdxFormatError(f"{name}: bad magic: zero dimensions")
+    if ndim > _MAX_NDIM:
+        raise IdxFormatError(f"{name}: absurd number of dimensions {ndim} (at most {_MAX_NDIM})")
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise IdxFormatError(
+            f"{name}: truncated header: {ndim} dimensions need {header_size} header bytes, "
+            f"the file holds {len(data)}"
+        )
+    shape = struct.unpack(f">{ndim}I", data[4:header_size])
+    dtype = _TYPE_CODES[code]
+    expected = math.prod(shape) * dtype.itemsize
+    found = len(data) - header_size
+    if found < expected:
+        raise IdxFormatError(
+            f"{name}: truncated data: the header declares shape {shape} of {dtype.name}, "
+            f"{expected} bytes, but only {found} follow the header"
+        )
+    if found > expected:
+        raise IdxFormatError(
+            f"{name}: {found - expected} trailing bytes after the {expected} data bytes "
+            f"declared by the header (shape {shape} of {dtype.name})"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))
+
+
+def read_idx(source: Source, *, name: str | None = None) -> np.ndarray:
+    """Reads an IDX array from a path or bytes, raw or gzipped.
+
+    ``read_idx(s) == decode_idx(read_idx_bytes(s))``.
+
+    Args:
+        source: a path, or the file's bytes.
+        name: how error messages call the source; defaults to the path, or ``<bytes>``.
+
+    Returns:
+        The array, with the header's shape and native-endian dtype.
+
+    Raises:
+        IdxFormatError: the content is not a well-formed IDX file (see :func:`decode_idx`) or
+            the gzip stream is corrupt.
+
+    Example:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "labels-idx1-ubyte.gz")
+        ...     write_idx(path, np.array([3, 1, 4], dtype=np.uint8))
+        ...     read_idx(path)
+        array([3, 1, 4], dtype=uint8)
+    """
+    label = _describe(source, name)
+    return decode_idx(read_idx_bytes(source, name=label), name=label)
+
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """The uncompressed IDX bytes of an array (header then big-endian row-major data).
+
+    Args:
+        array: an array of uint8, int8, int16, int32, float32 or float64 with at least one
+            dimension, each below 2**32.
+
+    Returns:
+        The bytes; :func:`decode_idx` turns them back into an equal array.
+
+    Raises:
+        ValueError: the dtype has no IDX type code or the shape cannot be stored.
+
+    Example:
+        >>> import numpy as np
+        >>> encode_idx(np.array([1, 2], dtype=np.int16)).hex(" ", 4)  # magic, size, data
+        '00000b01 00000002 00010002'
+    """
+    array = np.asarray(array)
+    code = _CODE_OF_KIND.get((array.dtype.kind, array.dtype.itemsize))
+    if code is None:
+        names = ", ".join(dtype.name for dtype in _TYPE_CODES.values())
+        raise ValueError(f"array dtype must be one of {names}, got {array.dtype}")
+    if not 1 <= array.ndim <= _MAX_NDIM:
+        raise ValueError(f"array must have 1 to {_MAX_NDIM} dimensions, got shape {array.shape}")
+    if any(size >= 2**32 for size in array.shape):
+        raise ValueError(f"array dimensions must be below 2**32, got shape {array.shape}")
+    header = struct.pack(f">BBBB{array.ndim}I", 0, 0, code, array.ndim, *array.shape)
+    return header + array.astype(_TYPE_CODES[code], copy=False).tobytes(order="C")
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` so that readers see either the old file or all of the new one.
+
+    The bytes go to a temporary file in the same directory, are flushed to disk (``fsync``) and
+    then renamed over ``path`` with ``os.replace``, which is atomic on POSIX and Windows. If
+    anything fails, the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: the destination; its directory must exist.
+        data: the complete content.
+
+    Returns:
+        None.
+
+    Example:
+        >>> import os, tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     atomic_write(os.path.join(tmp, "f"), b"abc")
+        ...     sorted(os.listdir(tmp))
+        ['f']
+    """
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    # os.open with mode 0o666 lets the umask decide the permissions, as for any new file.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def write_idx(
+        path: str | os.PathLike, array: np.ndarray, *, compress: bool | None = None
+) -> None:
+    """Writes an array as an IDX file, raw or gzipped, atomically (see :func:`atomic_write`).
+
+    Args:
+        path: the destination.
+        array: see :func:`encode_idx` for the dtypes and shapes that can be stored.
+        compress: gzip the file; None gzips exactly when ``path`` ends in ``.gz``.
+
+    Returns:
+        None.
+
+    Raises:
+        ValueError: the array cannot be stored as IDX.
+
+    Example:
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "x-idx2-ubyte")
+        ...     write_idx(path, np.zeros((2, 3), dtype=np.uint8))
+        ...     os.path.getsize(path)  # 4 magic + 2 * 4 sizes + 6 values
+        18
+    """
+    data = encode_idx(array)
+    if compress is None:
+        compress = os.fspath(path).endswith(".gz")
+    if compress:
+        # mtime=0 makes the bytes a function of the array alone.
+        data = gzip.compress(data, mtime=0)
+    atomic_write(path, data)
+
+
+def check_images_labels(
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        images_name: str = "images",
+        labels_name: str = "labels",
+        image_shape: tuple[int, ...] = (28, 28),
+        num_classes: int = 10,
+) -> None:
+    """Checks that images and labels form one labelled set: ``(N, *image_shape)``, ``(N,)``.
+
+    Both must be uint8, ``N >= 1`` and every label ``< num_classes``.
+
+    Args:
+        images: the images array.
+        labels: the labels array.
+        images_name: how the error message calls the images (their file).
+        labels_name: how the error message calls the labels (their file).
+        image_shape: the shape of one image.
+        num_classes: labels must lie in ``[0, num_classes)``.
+
+    Returns:
+        None.
+
+    Raises:
+        IdxFormatError: naming both files, the shapes or counts, or the bad labels.
+
+    Example:
+        >>> import numpy as np
+        >>> check_images_labels(np.zeros((2, 28, 28), np.uint8), np.array([0, 9], np.uint8))
+        >>> check_images_labels(np.zeros((2, 28, 28), np.uint8), np.array([7], np.uint8))
+        Traceback (most recent call last):
+        ...
+        jaxtricks.data.idx.IdxFormatError: images (2 images) and labels (1 labels) differ in count
+    """
+    pair = f"{images_name} and {labels_name}"
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise IdxFormatError(
+            f"{pair} must be uint8, got {images.dtype} images and {labels.dtype} labels"
+        )
+    if images.ndim != 1 + len(image_shape) or images.shape[1:] != tuple(image_shape):
+        raise IdxFormatError(
+            f"{images_name}: images must have shape (N, {', '.join(map(str, image_shape))}), "
+            f"got {images.shape}"
+        )
+    if labels.ndim != 1:
+        raise IdxFormatError(f"{labels_name}: labels must have shape (N,), got {labels.shape}")
+    if len(images) != len(labels):
+        raise IdxFormatError(
+            f"{images_name} ({len(images)} images) and {labels_name} ({len(labels)} labels) "
+            "differ in count"
+        )
+    if len(labels) == 0:
+        raise IdxFormatError(f"{pair} hold no examples")
+    bad = np.flatnonzero(labels >= num_classes)
+    if bad.size:
+        raise IdxFormatError(
+            f"{labels_name}: {bad.size} labels are not in [0, {num_classes}), "
+            f"e.g. label {labels[bad[0]]} at index {bad[0]}"
+        )

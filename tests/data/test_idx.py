@@ -1,0 +1,201 @@
+"""IDX reading and writing: round trips, the exact byte layout, and every malformed input."""
+
+import gzip
+import os
+import struct
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxtricks.data import idx
+from jaxtricks.data.idx import (
+    IdxFormatError,
+    atomic_write,
+    check_images_labels,
+    decode_idx,
+    encode_idx,
+    read_idx,
+    read_idx_bytes,
+    write_idx,
+)
+
+DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
+SHAPES = [(5,), (3, 4), (2, 28, 28), (2, 1, 3, 2)]
+
+
+def _header(code, shape):
+    return struct.pack(f">BBBB{len(shape)}I", 0, 0, code, len(shape), *shape)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_round_trip_file(tmp_path, dtype, shape, compress):
+    rng = np.random.default_rng(0)
+    array = (rng.normal(size=shape) * 100).astype(dtype)
+    path = tmp_path / "array-idx"
+    write_idx(path, array, compress=compress)
+    assert path.read_bytes().startswith(b"\x1f\x8b") == compress
+    loaded = read_idx(path)
+    assert loaded.dtype == np.dtype(dtype) and loaded.dtype.isnative
+    assert loaded.shape == shape
+    np.testing.assert_array_equal(loaded, array)
+    loaded[...] = 0  # a fresh writable array, not a view of the file's bytes
+    np.testing.assert_array_equal(read_idx(path.read_bytes()), array)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.dtype(d) for d in DTYPES]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5),
+    )
+)
+def test_round_trip_bytes(array):
+    decoded = decode_idx(encode_idx(array))
+    assert decoded.dtype == array.dtype and decoded.shape == array.shape
+    np.testing.assert_array_equal(decoded, array)
+
+
+@pytest.mark.parametrize(
+    "dtype, code, fmt",
+    [
+        (np.uint8, 0x08, "B"),
+        (np.int8, 0x09, "b"),
+        (np.int16, 0x0B, "h"),
+        (np.int32, 0x0C, "i"),
+        (np.float32, 0x0D, "f"),
+        (np.float64, 0x0E, "d"),
+    ],
+)
+def test_layout_is_big_endian_row_major(dtype, code, fmt):
+    values = [[1, 2, 3], [4, 5, 100]] if dtype == np.uint8 else [[1, -2, 3], [4, -5, 100]]
+    array = np.array(values, dtype=dtype)
+    flat = [v for row in values for v in row]
+    expected = _header(code, (2, 3)) + struct.pack(f">6{fmt}", *flat)
+    assert encode_idx(array) == expected
+    decoded = decode_idx(expected)
+    assert decoded.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(decoded, array)
+
+
+def test_gzip_detected_by_magic_not_name(tmp_path):
+    array = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    raw_named_gz = tmp_path / "raw.gz"
+    raw_named_gz.write_bytes(encode_idx(array))
+    gz_named_raw = tmp_path / "gz-idx2-ubyte"
+    gz_named_raw.write_bytes(gzip.compress(encode_idx(array)))
+    np.testing.assert_array_equal(read_idx(raw_named_gz), array)
+    np.testing.assert_array_equal(read_idx(gz_named_raw), array)
+    assert read_idx_bytes(gz_named_raw) == encode_idx(array)
+
+
+def test_compress_none_follows_suffix(tmp_path):
+    array = np.ones(3, dtype=np.uint8)
+    write_idx(tmp_path / "a.gz", array)
+    write_idx(tmp_path / "a", array)
+    assert (tmp_path / "a.gz").read_bytes()[:2] == b"\x1f\x8b"
+    assert (tmp_path / "a").read_bytes() == encode_idx(array)
+
+
+GOOD = _header(0x08, (2, 3)) + bytes(range(6))
+MALFORMED = {
+    "zero_length": (b"", "truncated header"),
+    "short_magic": (b"\x00\x00\x08", "truncated header"),
+    "bad_magic": (b"\x01\x02" + GOOD[2:], "bad magic"),
+    "unknown_type": (b"\x00\x00\x07\x01" + GOOD[4:], "unknown type code 0x07"),
+    "zero_dims": (b"\x00\x00\x08\x00", "zero dimensions"),
+    "absurd_ndim": (b"\x00\x00\x08\xc8" + bytes(4 * 200), "absurd number of dimensions 200"),
+    "truncated_header": (GOOD[:9], "truncated header"),
+    "truncated_data": (GOOD[:-1], "truncated data"),
+    "absurd_sizes": (_header(0x08, (2**32 - 1, 2**32 - 1)) + bytes(8), "truncated data"),
+    "trailing_bytes": (GOOD + b"\x00\x00", "2 trailing bytes"),
+    "corrupt_gzip": (gzip.compress(GOOD)[:12] + b"garbage" * 3, "corrupt gzip"),
+    "truncated_gzip": (gzip.compress(GOOD)[:-6], "corrupt gzip"),
+    "gzip_of_bad_idx": (gzip.compress(GOOD[:-1]), "truncated data"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_file_raises_naming_file_and_problem(tmp_path, case):
+    data, problem = MALFORMED[case]
+    path = tmp_path / f"{case}-idx2-ubyte"
+    path.write_bytes(data)
+    with pytest.raises(IdxFormatError, match=problem) as info:
+        read_idx(path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_malformed_bytes_use_given_name():
+    with pytest.raises(IdxFormatError, match=r"^mirror/x\.gz: truncated data"):
+        read_idx(GOOD[:-1], name="mirror/x.gz")
+
+
+def test_good_reference_bytes_decode():
+    # The malformed cases above are one defect away from this file.
+    np.testing.assert_array_equal(read_idx(GOOD), np.arange(6, dtype=np.uint8).reshape(2, 3))
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros(3, dtype=np.int64), "dtype"),
+        (np.zeros(3, dtype=bool), "dtype"),
+        (np.zeros(3, dtype=np.uint16), "dtype"),
+        (np.uint8(3), "dimensions"),
+    ],
+)
+def test_encode_refuses_what_idx_cannot_hold(array, message):
+    with pytest.raises(ValueError, match=message):
+        encode_idx(array)
+
+
+def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "data"
+    path.write_bytes(b"old")
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(idx.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, b"new content")
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["data"]
+
+
+def test_atomic_write_respects_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        atomic_write(tmp_path / "f", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o640
+
+
+def _images(n):
+    return np.zeros((n, 28, 28), dtype=np.uint8)
+
+
+def test_check_images_labels_accepts_a_labelled_set():
+    check_images_labels(_images(3), np.array([0, 5, 9], dtype=np.uint8))
+
+
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (_images(3), np.zeros(2, np.uint8), r"imgs.idx \(3 images\) and lbls.idx \(2 labels\)"),
+        (_images(2), np.array([3, 10], np.uint8), r"lbls.idx: 1 labels .* label 10 at index 1"),
+        (np.zeros((2, 28, 27), np.uint8), np.zeros(2, np.uint8), r"imgs.idx: .*\(2, 28, 27\)"),
+        (_images(2), np.zeros((2, 1), np.uint8), r"lbls.idx: labels must have shape \(N,\)"),
+        (_images(2).astype(np.float32), np.zeros(2, np.uint8), "must be uint8"),
+        (_images(0), np.zeros(0, np.uint8), "no examples"),
+    ],
+)
+def test_check_images_labels_refuses(images, labels, message):
+    with pytest.raises(IdxFormatError, match=message):
+        check_images_labels(images, labels, images_name="imgs.idx", labels_name="lbls.idx")

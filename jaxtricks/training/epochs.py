@@ -1,0 +1,332 @@
+"""Epochs over a dataset held on the device, run by a Python loop or by a compiled loop.
+
+With N examples, batch size B and S = ⌊N / B⌋ steps, epoch e visits the batches
+
+    I_e = π_e[: S·B].reshape(S, B),   π_e = permutation(fold_in(key, e), N),
+
+dropping the N - S·B examples left over, so every step has one shape. The arrays stay on the
+device; each step gathers its rows x[I_e[i]], y[I_e[i]] inside compiled code, so no image is
+copied from the host after the dataset is placed once.
+
+Two runners compute the same steps in the same order, with bit-identical results:
+
+- ``"loop"``: one compiled call per step from a Python loop;
+- ``"scan"``: one compiled call per chunk of steps, a ``lax.fori_loop`` over the chunk.
+
+Both keep running totals of the step metrics on the device (loss, accuracy and gradient norm
+summed over the applied steps, skipped steps counted), read by the host only when it asks.
+Which runner is faster depends on the backend and the model (the compiled loop saves a dispatch
+per step, but XLA may compile a step inside a loop less well than on its own), so
+:func:`choose_runner` measures both rather than assume.
+"""
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxtricks.training.state import TrainState
+from jaxtricks.tricks._checks import check_choice
+
+RUNNERS = ("loop", "scan")
+
+# Steps timed per runner and round when choosing; small, because on some backends one runner is
+# an order of magnitude slower and the probe must not cost a noticeable part of an epoch.
+_PROBE_STEPS = 3
+_PROBE_ROUNDS = 2
+
+# (backend, device kind, device count, state and batch signature) -> (runner, per-step seconds).
+_CHOICES: dict[tuple, tuple[str, dict[str, float]]] = {}
+
+Totals = dict[str, jax.Array]
+
+
+def epoch_indices(key: jax.Array, epoch: int, num_examples: int, batch_size: int) -> jax.Array:
+    """The example indices of each step of one epoch, computed on the device.
+
+    I_e = permutation(fold_in(key, e), N)[: S·B].reshape(S, B) with S = ⌊N / B⌋.
+
+    Args:
+        key: the PRNG key of the data order.
+        epoch: the epoch number e.
+        num_examples: N, the size of the training set.
+        batch_size: B, at most N.
+
+    Returns:
+        An int32 array of shape ``(S, B)``; row i holds the examples of step i.
+
+    Example:
+        >>> import jax
+        >>> indices = epoch_indices(jax.random.key(0), 1, num_examples=10, batch_size=3)
+        >>> indices.shape, len(set(indices.ravel().tolist()))
+        ((3, 3), 9)
+    """
+    if not 1 <= batch_size <= num_examples:
+        raise ValueError(f"batch_size must be in [1, {num_examples}], got {batch_size}")
+    return _epoch_indices(key, epoch, num_examples, batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _epoch_indices(key, epoch, num_examples, batch_size):
+    order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+    steps = num_examples // batch_size
+    return order[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+
+
+def zero_totals() -> Totals:
+    """Fresh running totals: float32 sums of loss, accuracy and grad_norm over applied steps,
+    int32 counts of skipped and of all steps."""
+    zero = jnp.zeros((), jnp.float32)
+    count = jnp.zeros((), jnp.int32)
+    return {"loss": zero, "accuracy": zero, "grad_norm": zero, "skipped": count, "steps": count}
+
+
+def _one_step(train_step, state, totals, images, labels, indices, i):
+    rows = lax.dynamic_index_in_dim(indices, i, keepdims=False)
+    batch = (
+        jnp.take(images, rows, axis=0, mode="clip"),
+        jnp.take(labels, rows, axis=0, mode="clip"),
+    )
+    state, metrics = train_step(state, batch)
+    # A skipped step's loss is NaN by construction; it is counted, not averaged.
+    applied = metrics["skipped"] == 0
+    totals = {
+        name: totals[name] + jnp.where(applied, metrics[name], 0.0)
+        for name in ("loss", "accuracy", "grad_norm")
+    } | {"skipped": totals["skipped"] + metrics["skipped"], "steps": totals["steps"] + 1}
+    return state, totals
+
+
+# train_step is a static argument, so compiling again for the same step function and shapes (a
+# second runner choice, a second epoch loop) is a cache hit, not a new compilation.
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _loop_step(train_step, state, totals, images, labels, indices):
+    return _one_step(train_step, state, totals, images, labels, indices, totals["steps"])
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _scan_steps(train_step, state, totals, images, labels, indices, start, stop):
+    def body(i, carry):
+        return _one_step(train_step, *carry, images, labels, indices, i)
+
+    return lax.fori_loop(start, stop, body, (state, totals))
+
+
+class EpochRunner(NamedTuple):
+    """A runner compiled for one state and dataset signature; see :func:`compile_epoch_runner`."""
+
+    name: str  # "loop" or "scan"
+    compiled: Callable[..., tuple[TrainState, Totals]]  # the ahead-of-time compiled executable
+    compile_time_s: float  # seconds spent lowering and compiling it
+
+    def advance(self, state, totals, images, labels, indices, start, stop):
+        """Runs steps ``start, ..., stop - 1`` of the epoch; donates ``state``.
+
+        ``totals`` must be the running totals after ``start`` steps, as :func:`run_epoch` keeps
+        them: the loop runner reads the step index from ``totals["steps"]`` on the device, so a
+        step sends nothing from the host.
+        """
+        if self.name == "scan":
+            return self.compiled(state, totals, images, labels, indices, start, stop)
+        for _ in range(start, stop):
+            state, totals = self.compiled(state, totals, images, labels, indices)
+        return state, totals
+
+
+def compile_epoch_runner(
+        train_step: Callable,
+        runner: str,
+        state: TrainState,
+        images: jax.Array,
+        labels: jax.Array,
+        indices: jax.Array,
+) -> EpochRunner:
+    """Compiles one epoch runner ahead of time and measures how long that took.
+
+    ``"loop"`` compiles a single step (gather rows I[i] for the i = totals["steps"] steps done,
+    train, add to the totals);
+    ``"scan"`` compiles ``lax.fori_loop(start, stop, step)`` with ``start`` and ``stop``
+    traced, so one executable serves chunks of every length.
+
+    Args:
+        train_step: a function from :func:`~jaxtricks.training.steps.make_train_step`.
+        runner: ``"loop"`` or ``"scan"``.
+        state: a state of the shapes to train (only its shapes are used; it is not consumed).
+        images: the training images, on the device.
+        labels: the int32 training labels, on the device.
+        indices: an epoch's indices from :func:`epoch_indices`.
+
+    Returns:
+        An :class:`EpochRunner`.
+
+    Example:
+        >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
+        >>> from jaxtricks.training.state import create_train_state
+        >>> from jaxtricks.training.steps import make_train_step
+        >>> class Net(nn.Module):
+        ...     @nn.compact
+        ...     def __call__(self, x, train):
+        ...         return nn.Dense(2)(x)
+        >>> images, labels = jnp.ones((8, 3)), jnp.zeros((8,), jnp.int32)
+        >>> state = create_train_state(Net(), optax.sgd(0.1), jax.random.key(0), images)
+        >>> indices = epoch_indices(jax.random.key(1), 0, num_examples=8, batch_size=4)
+        >>> train_step = make_train_step(Net(), optax.sgd(0.1))
+        >>> runner = compile_epoch_runner(train_step, "scan", state, images, labels, indices)
+        >>> state, totals = run_epoch(runner, state, images, labels, indices)
+        >>> int(state.step), int(totals["steps"])
+        (2, 2)
+    """
+    check_choice("runner", runner, RUNNERS)
+    totals = zero_totals()
+    begin = time.perf_counter()
+    if runner == "loop":
+        lowered = _loop_step.lower(train_step, state, totals, images, labels, indices)
+    else:
+        lowered = _scan_steps.lower(train_step, state, totals, images, labels, indices, 0, 1)
+    compiled = lowered.compile()
+    return EpochRunner(runner, compiled, time.perf_counter() - begin)
+
+
+def run_epoch(
+        runner: EpochRunner,
+        state: TrainState,
+        images: jax.Array,
+        labels: jax.Array,
+        indices: jax.Array,
+        *,
+        chunk_steps: int | None = None,
+        on_chunk: Callable[[int, Totals], None] | None = None,
+) -> tuple[TrainState, Totals]:
+    """Trains one epoch: step i on the batch ``indices[i]``, for every row of ``indices``.
+
+    Args:
+        runner: from :func:`compile_epoch_runner` or :func:`choose_runner`.
+        state: the state to train; it is donated, use the returned one.
+        images: the training images, on the device.
+        labels: the int32 training labels, on the device.
+        indices: the epoch's indices, shape ``(S, B)``.
+        chunk_steps: steps per chunk; the ``"scan"`` runner makes one call per chunk, both
+            runners call ``on_chunk`` after each. None means the whole epoch in one chunk.
+        on_chunk: called as ``on_chunk(steps_done, totals)`` with the running totals still on
+            the device, so reading them is the caller's choice of when to wait.
+
+    Returns:
+        ``(state, totals)``, the totals as in :func:`zero_totals`, still on the device.
+
+    Example:
+        See :func:`compile_epoch_runner`.
+    """
+    num_steps = indices.shape[0]
+    chunk_steps = num_steps if chunk_steps is None else chunk_steps
+    if chunk_steps < 1:
+        raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    totals = zero_totals()
+    for start in range(0, num_steps, chunk_steps):
+        stop = min(start + chunk_steps, num_steps)
+        state, totals = runner.advance(state, totals, images, labels, indices, start, stop)
+        if on_chunk is not None:
+            on_chunk(stop, totals)
+    return state, totals
+
+
+def _signature(state: TrainState, images: jax.Array, indices: jax.Array) -> tuple:
+    """What a step's speed depends on: hardware, the state's shapes and the batch's."""
+    leaves, treedef = jax.tree.flatten(state)
+    device = jax.devices()[0]
+    return (
+        jax.default_backend(),
+        device.device_kind,
+        jax.device_count(),
+        treedef,
+        tuple((leaf.shape, leaf.dtype) for leaf in leaves),
+        images.shape[1:],
+        images.dtype,
+        indices.shape[1],
+    )
+
+
+def choose_runner(
+        train_step: Callable,
+        state: TrainState,
+        images: jax.Array,
+        labels: jax.Array,
+        indices: jax.Array,
+) -> tuple[EpochRunner, dict[str, Any]]:
+    """Compiles both runners, times a few steps of each and returns the faster.
+
+    Each runner is timed, after a warm-up step, over a few steps in interleaved rounds on a copy
+    of ``state`` (the caller's state is never donated here), and keeps its best round. The
+    choice is cached for the process per backend, device and state/batch signature; a cache hit
+    compiles only the chosen runner.
+
+    Args:
+        train_step: a function from :func:`~jaxtricks.training.steps.make_train_step`.
+        state: the state to train; copied, not consumed.
+        images: the training images, on the device.
+        labels: the int32 training labels, on the device.
+        indices: an epoch's indices from :func:`epoch_indices`.
+
+    Returns:
+        ``(runner, record)``: the chosen :class:`EpochRunner`, and a record with ``runner``
+        (its name), ``step_time_s`` (seconds per step of each runner as measured),
+        ``cached`` (whether the choice came from the cache) and ``compile_time_s`` (each
+        runner compiled in this call).
+
+    Example:
+        >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
+        >>> from jaxtricks.training.state import create_train_state
+        >>> from jaxtricks.training.steps import make_train_step
+        >>> class Net(nn.Module):
+        ...     @nn.compact
+        ...     def __call__(self, x, train):
+        ...         return nn.Dense(2)(x)
+        >>> images, labels = jnp.ones((8, 3)), jnp.zeros((8,), jnp.int32)
+        >>> state = create_train_state(Net(), optax.sgd(0.1), jax.random.key(0), images)
+        >>> indices = epoch_indices(jax.random.key(1), 0, num_examples=8, batch_size=4)
+        >>> runner, record = choose_runner(
+        ...     make_train_step(Net(), optax.sgd(0.1)), state, images, labels, indices)
+        >>> runner.name in RUNNERS, sorted(record["step_time_s"])
+        (True, ['loop', 'scan'])
+    """
+    key = _signature(state, images, indices)
+    if key in _CHOICES:
+        name, step_time = _CHOICES[key]
+        runner = compile_epoch_runner(train_step, name, state, images, labels, indices)
+        record = {
+            "runner": name,
+            "step_time_s": dict(step_time),
+            "cached": True,
+            "compile_time_s": {name: runner.compile_time_s},
+        }
+        return runner, record
+    runners = {
+        name: compile_epoch_runner(train_step, name, state, images, labels, indices)
+        for name in RUNNERS
+    }
+    trial = jax.tree.map(lambda leaf: leaf.copy(), state)
+    probe = min(_PROBE_STEPS, indices.shape[0])
+    for runner in runners.values():
+        trial, _ = runner.advance(trial, zero_totals(), images, labels, indices, 0, 1)
+    jax.block_until_ready(trial)
+    step_time = dict.fromkeys(RUNNERS, math.inf)
+    for _ in range(_PROBE_ROUNDS):
+        for name, runner in runners.items():
+            totals = zero_totals()
+            begin = time.perf_counter()
+            trial, totals = runner.advance(trial, totals, images, labels, indices, 0, probe)
+            jax.block_until_ready((trial, totals))
+            step_time[name] = min(step_time[name], (time.perf_counter() - begin) / probe)
+    name = min(RUNNERS, key=step_time.__getitem__)
+    _CHOICES[key] = (name, step_time)
+    record = {
+        "runner": name,
+        "step_time_s": dict(step_time),
+        "cached": False,
+        "compile_time_s": {n: r.compile_time_s for n, r in runners.items()},
+    }
+    return runners[name], record

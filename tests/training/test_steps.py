@@ -1,0 +1,278 @@
+"""Tests for jaxtricks.training.steps: the compiled train step, eval step and evaluate."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from training_toys import CLASSES, TinyNet, toy_problem
+
+from jaxtricks.training.state import create_train_state
+from jaxtricks.training.steps import evaluate, make_eval_step, make_train_step
+
+MODEL = TinyNet()
+OPTIMIZER = optax.sgd(0.05, momentum=0.9)
+IMAGES, LABELS = toy_problem(seed=0, num_examples=256)
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def train_step():
+    return make_train_step(MODEL, OPTIMIZER)
+
+
+@pytest.fixture(scope="module")
+def eval_step():
+    return make_eval_step(MODEL)
+
+
+def fresh_state(seed=0):
+    return create_train_state(MODEL, OPTIMIZER, jax.random.key(seed), jnp.asarray(IMAGES[:BATCH]))
+
+
+def batch(i):
+    """The i-th batch of the toy data, cycling."""
+    start = (i * BATCH) % len(IMAGES)
+    return jnp.asarray(IMAGES[start : start + BATCH]), jnp.asarray(LABELS[start : start + BATCH])
+
+
+def copy(state):
+    return jax.tree.map(lambda leaf: leaf.copy(), state)
+
+
+def host(tree):
+    """The tree on the host, PRNG keys as their raw integer data."""
+
+    def to_host(leaf):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        return np.asarray(leaf)
+
+    return jax.tree.map(to_host, tree)
+
+
+# Compiled, because running the reference model op by op compiles every op on its own.
+_eval_logits = jax.jit(lambda variables, images: MODEL.apply(variables, images, train=False))
+
+
+def assert_trees_equal(actual, expected):
+    actual_leaves, actual_def = jax.tree.flatten(actual)
+    expected_leaves, expected_def = jax.tree.flatten(expected)
+    assert actual_def == expected_def
+    for a, e in zip(actual_leaves, expected_leaves, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+
+
+def numpy_loss_and_accuracy(state, images, labels):
+    """Mean cross-entropy and accuracy from the model's eval logits, in float64 NumPy."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = np.asarray(_eval_logits(variables, jnp.asarray(images)), np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -log_probs[np.arange(len(labels)), labels].mean()
+    accuracy = (logits.argmax(axis=1) == labels).mean()
+    return loss, accuracy
+
+
+def test_train_step_reduces_loss(train_step):
+    state = fresh_state()
+    losses, accuracies = [], []
+    for i in range(40):
+        state, metrics = train_step(state, batch(i))
+        losses.append(metrics["loss"])
+        accuracies.append(metrics["accuracy"])
+    losses, accuracies = np.asarray(host(losses)), np.asarray(host(accuracies))
+    assert int(state.step) == 40
+    assert losses[-8:].mean() < 0.5 * losses[:8].mean()
+    assert accuracies[-8:].mean() > 0.9
+
+
+def test_train_step_donates_the_state(train_step):
+    state = fresh_state()
+    old_leaves = jax.tree.leaves((state.params, state.opt_state, state.batch_stats))
+    new_state, _ = train_step(state, batch(0))
+    assert all(leaf.is_deleted() for leaf in old_leaves)
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(new_state))
+
+
+def test_step_matches_a_manual_step_with_the_derived_dropout_key(train_step, allclose):
+    state = fresh_state()
+    state, _ = train_step(state, batch(0))  # step 1, so that the key depends on a nonzero step
+    images, labels = batch(1)
+    key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        logits, updates = MODEL.apply(
+            variables, images, train=True, rngs={"dropout": key}, mutable=["batch_stats"]
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits, updates["batch_stats"])
+
+    @jax.jit
+    def manual_step(params, opt_state):
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = OPTIMIZER.update(grads, opt_state, params)
+        accuracy = jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, batch_stats, loss, accuracy, optax.tree.norm(grads)
+
+    expected = host(manual_step(state.params, state.opt_state))
+
+    new_state, metrics = train_step(state, (images, labels))
+    assert int(new_state.step) == 2
+    allclose(new_state.params, expected[0], rtol=1e-5, atol=1e-6)
+    allclose(new_state.opt_state, expected[1], rtol=1e-5, atol=1e-6)
+    allclose(new_state.batch_stats, expected[2], rtol=1e-5, atol=1e-6)
+    allclose(metrics["loss"], expected[3], rtol=1e-5)
+    allclose(metrics["accuracy"], expected[4])
+    allclose(metrics["grad_norm"], expected[5], rtol=1e-5)
+    assert metrics["skipped"].dtype == jnp.int32 and int(metrics["skipped"]) == 0
+
+
+def test_dropout_key_changes_with_step_and_is_reproducible(train_step):
+    state = fresh_state()
+    later = copy(state)._replace(step=jnp.array(7, jnp.int32))
+    first = train_step(copy(state), batch(0))
+    again = train_step(copy(state), batch(0))
+    other = train_step(later, batch(0))
+    assert_trees_equal(host(first), host(again))
+    # Same parameters and batch, different step: only the dropout masks differ.
+    assert float(first[1]["loss"]) != float(other[1]["loss"])
+    assert not np.array_equal(
+        host(first[0].params["Dense_0"]["kernel"]), host(other[0].params["Dense_0"]["kernel"])
+    )
+
+
+def test_batch_stats_move_in_train_step_only(train_step, eval_step):
+    state = fresh_state()
+    before = host(state.batch_stats)
+    images, labels = batch(0)
+    sums = host(eval_step(state, (images, labels)))
+    assert_trees_equal(host(eval_step(state, (images, labels))), sums)
+    assert_trees_equal(host(state.batch_stats), before)
+    loss, accuracy = numpy_loss_and_accuracy(state, images, labels)
+    np.testing.assert_allclose(sums["loss_sum"], loss * BATCH, rtol=1e-5)
+    assert int(sums["correct"]) == round(accuracy * BATCH) and int(sums["count"]) == BATCH
+
+    new_state, _ = train_step(state, (images, labels))
+    after = host(new_state.batch_stats)["BatchNorm_0"]
+    assert not np.allclose(after["mean"], before["BatchNorm_0"]["mean"])
+    assert not np.allclose(after["var"], before["BatchNorm_0"]["var"])
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+def test_nonfinite_batch_is_skipped_and_training_goes_on(train_step, bad_value):
+    state = fresh_state()
+    losses = []
+    for i in range(12):
+        state, metrics = train_step(state, batch(i))
+        losses.append(metrics["loss"])
+    kept = host((state.params, state.opt_state, state.batch_stats))
+    images, labels = batch(12)
+    images = images.at[3, 4, 4, 0].set(bad_value)
+    state, metrics = train_step(state, (images, labels))
+    assert int(metrics["skipped"]) == 1
+    assert not np.isfinite(float(metrics["loss"]))
+    assert int(state.step) == 13
+    assert_trees_equal(host((state.params, state.opt_state, state.batch_stats)), kept)
+    for i in range(13, 30):
+        state, metrics = train_step(state, batch(i))
+        assert int(metrics["skipped"]) == 0
+        losses.append(metrics["loss"])
+    losses = np.asarray(host(losses))
+    assert np.all(np.isfinite(losses))
+    assert losses[-5:].mean() < losses[7:12].mean()
+
+
+def test_without_skipping_a_nan_batch_poisons_the_params():
+    train_step = make_train_step(MODEL, OPTIMIZER, skip_nonfinite=False)
+    images, labels = batch(0)
+    state, metrics = train_step(fresh_state(), (images.at[0].set(np.nan), labels))
+    assert int(metrics["skipped"]) == 0
+    assert np.isnan(host(state.params["Dense_0"]["kernel"])).any()
+
+
+@pytest.mark.parametrize("batch_size", [16, 64])
+def test_evaluate_counts_every_example_once(train_step, eval_step, batch_size):
+    state = fresh_state()
+    for i in range(5):
+        state, _ = train_step(state, batch(i))
+    images, labels = IMAGES[:37], LABELS[:37]
+    loss, accuracy = numpy_loss_and_accuracy(state, images, labels)
+    result = evaluate(eval_step, state, images, labels, batch_size)
+    np.testing.assert_allclose(result["loss"], loss, rtol=1e-5)
+    assert result["accuracy"] == accuracy
+
+
+def test_eval_step_counts_only_masked_rows(eval_step):
+    state = fresh_state()
+    images, labels = batch(0)
+    mask = jnp.arange(BATCH) % 3 == 0
+    sums = host(eval_step(state, (images, labels, mask)))
+    loss, accuracy = numpy_loss_and_accuracy(state, IMAGES[:BATCH:3], LABELS[:BATCH:3])
+    count = int(mask.sum())
+    assert int(sums["count"]) == count
+    assert int(sums["correct"]) == round(accuracy * count)
+    np.testing.assert_allclose(sums["loss_sum"], loss * count, rtol=1e-5)
+
+
+def test_eval_step_refuses_a_malformed_batch(eval_step):
+    with pytest.raises(ValueError, match="batch"):
+        eval_step(fresh_state(), (jnp.asarray(IMAGES[:4]),))
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "batch_size", "name"),
+    [
+        (IMAGES[:10], LABELS[:10], 0, "batch_size"),
+        (IMAGES[:10], LABELS[:10], 2.5, "batch_size"),
+        (IMAGES[:10], LABELS[:9], 4, "labels"),
+        (IMAGES[:10], LABELS[:10].astype(np.float32), 4, "labels"),
+        (IMAGES[:0], LABELS[:0], 4, "images"),
+        ((IMAGES[:10] * 255).astype(np.uint8), LABELS[:10], 4, "images"),
+    ],
+)
+def test_evaluate_refuses_bad_arguments(eval_step, images, labels, batch_size, name):
+    with pytest.raises(ValueError, match=name):
+        evaluate(eval_step, fresh_state(), images, labels, batch_size)
+
+
+def test_factories_refuse_bad_arguments():
+    with pytest.raises(ValueError, match="model"):
+        make_train_step(lambda x: x, OPTIMIZER)
+    with pytest.raises(ValueError, match="optimizer"):
+        make_train_step(MODEL, optax.sgd)
+    with pytest.raises(ValueError, match="skip_nonfinite"):
+        make_train_step(MODEL, OPTIMIZER, skip_nonfinite="yes")
+    with pytest.raises(ValueError, match="model"):
+        make_eval_step(object())
+
+
+class _ListNet(nn.Module):
+    """A module with a list field, so it cannot be hashed."""
+
+    features: list
+
+    @nn.compact
+    def __call__(self, x, train):
+        return nn.Dense(self.features[0])(x.reshape((x.shape[0], -1)))
+
+
+def test_equal_arguments_share_one_compiled_step():
+    assert make_train_step(TinyNet(), OPTIMIZER) is make_train_step(TinyNet(), OPTIMIZER)
+    assert make_eval_step(TinyNet()) is make_eval_step(TinyNet())
+    assert make_train_step(TinyNet(), OPTIMIZER) is not make_train_step(
+        TinyNet(dropout_rate=0.5), OPTIMIZER
+    )
+    assert make_train_step(TinyNet(), OPTIMIZER) is not make_train_step(
+        TinyNet(), optax.sgd(0.05, momentum=0.9)
+    )
+    # Unhashable modules still work, each call building its own step.
+    model = _ListNet(features=[CLASSES])
+    train_step = make_train_step(model, OPTIMIZER)
+    assert train_step is not make_train_step(model, OPTIMIZER)
+    state = create_train_state(model, OPTIMIZER, jax.random.key(0), jnp.asarray(IMAGES[:4]))
+    state, metrics = train_step(state, batch(0))
+    assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))

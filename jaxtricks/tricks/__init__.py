@@ -1,1 +1,143 @@
-"""jaxtricks."""
+"""Layer 1, pure JAX: initializers, gradient transformations, optimizers, schedules, scaling."""
+
+from jaxtricks.tricks import initializers, optimizers, preprocessing, schedules
+from jaxtricks.tricks.adaptive import (
+    AdagradState,
+    AdamState,
+    RmsState,
+    scale_by_adagrad,
+    scale_by_adam,
+    scale_by_rms,
+)
+from jaxtricks.tricks.base import CountState
+from jaxtricks.tricks.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from jaxtricks.tricks.initializers import (
+    gaussian,
+    glorot_normal,
+    glorot_uniform,
+    he_normal,
+    he_uniform,
+    kaiming_normal,
+    kaiming_uniform,
+    lecun_normal,
+    lecun_uniform,
+    normal,
+    orthogonal,
+    uniform,
+    variance_scaling,
+    xavier_normal,
+    xavier_uniform,
+)
+from jaxtricks.tricks.initializers import get as get_initializer
+from jaxtricks.tricks.learning_rate import scale_by_learning_rate
+from jaxtricks.tricks.nonfinite import SkipNonfiniteState, skip_nonfinite
+from jaxtricks.tricks.normalized_gradient import normalize_by_global_norm
+from jaxtricks.tricks.optimizers import (
+    adagrad,
+    adam,
+    adamw,
+    momentum,
+    nesterov,
+    normalized_sgd,
+    rmsprop,
+    sgd,
+)
+from jaxtricks.tricks.optimizers import get as get_optimizer
+from jaxtricks.tricks.preprocessing import (
+    MinMaxStats,
+    StandardStats,
+    apply_min_max,
+    fit_min_max,
+    fit_standardization,
+    scale_to_unit,
+    standardize,
+)
+from jaxtricks.tricks.schedules import (
+    constant,
+    cosine_decay,
+    exponential_decay,
+    join,
+    one_cycle,
+    per_epoch_decay,
+    piecewise_constant,
+    step_decay,
+    warmup_cosine,
+)
+from jaxtricks.tricks.tree import all_finite, global_norm
+from jaxtricks.tricks.velocity import (
+    MomentumState,
+    VelocityState,
+    scale_by_momentum,
+    scale_by_velocity,
+)
+from jaxtricks.tricks.weight_decay import add_decayed_weights, add_l2_penalty
+
+__all__ = [
+    "AdagradState",
+    "AdamState",
+    "CountState",
+    "MinMaxStats",
+    "MomentumState",
+    "RmsState",
+    "SkipNonfiniteState",
+    "StandardStats",
+    "VelocityState",
+    "adagrad",
+    "adam",
+    "adamw",
+    "add_decayed_weights",
+    "add_l2_penalty",
+    "all_finite",
+    "apply_min_max",
+    "clip_by_global_norm",
+    "clip_by_norm",
+    "clip_by_value",
+    "constant",
+    "cosine_decay",
+    "exponential_decay",
+    "fit_min_max",
+    "fit_standardization",
+    "gaussian",
+    "get_initializer",
+    "get_optimizer",
+    "global_norm",
+    "glorot_normal",
+    "glorot_uniform",
+    "he_normal",
+    "he_uniform",
+    "initializers",
+    "join",
+    "kaiming_normal",
+    "kaiming_uniform",
+    "lecun_normal",
+    "lecun_uniform",
+    "momentum",
+    "nesterov",
+    "normal",
+    "normalize_by_global_norm",
+    "normalized_sgd",
+    "one_cycle",
+    "optimizers",
+    "orthogonal",
+    "per_epoch_decay",
+    "piecewise_constant",
+    "preprocessing",
+    "rmsprop",
+    "scale_by_adagrad",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "scale_by_momentum",
+    "scale_by_rms",
+    "scale_by_velocity",
+    "scale_to_unit",
+    "schedules",
+    "sgd",
+    "skip_nonfinite",
+    "standardize",
+    "step_decay",
+    "uniform",
+    "variance_scaling",
+    "warmup_cosine",
+    "xavier_normal",
+    "xavier_uniform",
+]

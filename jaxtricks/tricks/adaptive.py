@@ -73,6 +73,15 @@ def _debias(moment: jax.Array, decay: Any, count: jax.Array) -> jax.Array:
     return moment / correction.astype(moment.dtype)
 
 
+def _wider(dtype: Any, other: Any) -> Any:
+    """The dtype both values promote to, whatever ``jax_numpy_dtype_promotion`` is set to.
+
+    Widening bfloat16 to float32 is the intent here, so strict promotion must not refuse it.
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.promote_types(dtype, other)
+
+
 def scale_by_adagrad(
     initial_accumulator_value: Any = 0.1, eps: Any = 1e-7
 ) -> optax.GradientTransformation:
@@ -245,7 +254,7 @@ def scale_by_adam(
         # The first moment is updated in the wider of its dtype and the gradient's, so a
         # bfloat16 mu still sees float32 arithmetic, then stored back in mu_dtype.
         mu = jax.tree.map(
-            lambda g, m: _moment(g, m.astype(jnp.promote_types(m.dtype, g.dtype)), beta1, 1),
+            lambda g, m: _moment(g, m.astype(_wider(m.dtype, g.dtype)), beta1, 1),
             updates,
             state.mu,
         )

@@ -24,11 +24,11 @@ from typing import Any
 
 import optax
 
-from jaxtricks.tricks._checks import check_choice
+from jaxtricks.tricks._checks import check_choice, check_range
 from jaxtricks.tricks.adaptive import scale_by_adagrad, scale_by_adam, scale_by_rms
 from jaxtricks.tricks.learning_rate import scale_by_learning_rate
-from jaxtricks.tricks.momentum import scale_by_momentum, scale_by_velocity
 from jaxtricks.tricks.normalized_gradient import normalize_by_global_norm
+from jaxtricks.tricks.velocity import scale_by_momentum, scale_by_velocity
 from jaxtricks.tricks.weight_decay import add_decayed_weights
 
 
@@ -82,6 +82,8 @@ def momentum(
       -0.1
     """
     check_choice("form", form, ("heavy_ball", "lesson"))
+    # Checked here so that the error names this argument, not scale_by_momentum's ``decay``.
+    check_range("momentum", momentum, 0.0, 1.0)
     if form == "lesson":
         return scale_by_velocity(learning_rate, momentum, accumulator_dtype=accumulator_dtype)
     return optax.chain(
@@ -110,6 +112,7 @@ def nesterov(
       >>> round(float(u[0]), 6)
       -0.15
     """
+    check_range("momentum", momentum, 0.0, 1.0)
     return optax.chain(
         scale_by_momentum(momentum, nesterov=True, accumulator_dtype=accumulator_dtype),
         scale_by_learning_rate(learning_rate),
@@ -179,6 +182,7 @@ def rmsprop(
         scale_by_rms(decay, eps, initial_scale, centered=centered, eps_in_sqrt=eps_in_sqrt)
     ]
     if momentum is not None:
+        check_range("momentum", momentum, 0.0, 1.0)
         stages.append(scale_by_momentum(momentum, nesterov=nesterov))
     return optax.chain(*stages, scale_by_learning_rate(learning_rate))
 

@@ -105,8 +105,9 @@ def like(value: Any, reference: jax.Array) -> Any:
     """A hyperparameter ready to combine with ``reference`` under strict dtype promotion.
 
     Python numbers stay weakly typed, so they take the array's dtype exactly as they would
-    in plain arithmetic; arrays and schedule outputs are cast to the array's dtype.
+    in plain arithmetic; arrays, NumPy scalars (``np.float64`` subclasses ``float`` but is
+    strongly typed) and schedule outputs are cast to the array's dtype.
     """
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, np.generic):
         return value
     return jnp.asarray(value).astype(reference.dtype)

@@ -1,4 +1,4 @@
-"""Momentum: heavy-ball, Nesterov, and the lesson's velocity form (lesson L6).
+"""Momentum's velocity: heavy-ball, Nesterov, and the lesson's own form (lesson L6).
 
 Heavy-ball momentum keeps a trace of past gradients and outputs it,
 

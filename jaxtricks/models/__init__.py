@@ -1,0 +1,12 @@
+"""Flax models with switchable batch norm and dropout: an MLP, a CNN and a small ResNet.
+
+Every model maps a floating batch to float32 logits of shape ``(N, num_classes)`` and is
+applied as ``model.apply(variables, x, train=..., rngs={"dropout": key},
+mutable=["batch_stats"])``.
+"""
+
+from jaxtricks.models.cnn import CNN
+from jaxtricks.models.mlp import MLP
+from jaxtricks.models.resnet import ResidualBlock, ResNet
+
+__all__ = ["CNN", "MLP", "ResNet", "ResidualBlock"]

@@ -1,0 +1,1 @@
+"""Benchmarks of jaxtricks against its baselines, each run in the same process."""

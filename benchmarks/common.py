@@ -1,0 +1,73 @@
+"""What every benchmark shares: real MNIST, timing statistics, JSON lines and a table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxtricks.data import load
+from jaxtricks.tricks import preprocessing
+
+
+def machine() -> dict[str, Any]:
+    """The machine and versions a measurement was taken on."""
+    import flax
+    import optax
+
+    return {
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "flax": flax.__version__,
+    }
+
+
+def mnist(train_examples: int | None = None, test_examples: int | None = None):
+    """Real MNIST as float32 (N, 28, 28, 1) standardized with train statistics, int32 labels."""
+    data = load("mnist")
+    train = preprocessing.scale_to_unit(data.train_images[:train_examples, ..., None])
+    test = preprocessing.scale_to_unit(data.test_images[:test_examples, ..., None])
+    stats = preprocessing.fit_standardization(train)
+    return (
+        preprocessing.standardize(train, stats),
+        data.train_labels[:train_examples].astype(np.int32),
+        preprocessing.standardize(test, stats),
+        data.test_labels[:test_examples].astype(np.int32),
+    )
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Median, min, max and relative spread ((max - min) / median) of repeated measurements."""
+    median = statistics.median(values)
+    return {
+        "median": median,
+        "min": min(values),
+        "max": max(values),
+        "spread": (max(values) - min(values)) / median if median else float("nan"),
+        "n": len(values),
+    }
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Prints one measurement as a JSON line on stdout."""
+    print(json.dumps(record), flush=True)
+
+
+def table(rows: list[list[Any]], header: list[str]) -> None:
+    """Prints a plain-text table on stderr (stdout stays JSON lines)."""
+    cells = [header, *[[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)), file=sys.stderr)
+        if i == 0:
+            print("  ".join("-" * w for w in widths), file=sys.stderr)

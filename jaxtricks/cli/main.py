@@ -1,0 +1,33 @@
+"""The ``jaxtricks`` command line: ``python -m jaxtricks train ...``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from jaxtricks.cli import train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-command per job."""
+    parser = argparse.ArgumentParser(
+        prog="jaxtricks",
+        description="The tricks that make deep networks train, in JAX.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train_parser = commands.add_parser(
+        "train",
+        help="train a model on MNIST or Fashion-MNIST with switchable tricks",
+        description=train.DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_arguments(train_parser)
+    train_parser.set_defaults(run=train.run, parser=train_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parses ``argv`` and runs the chosen command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.run(args, args.parser)

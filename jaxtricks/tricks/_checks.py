@@ -21,8 +21,21 @@ def is_schedule(value: Any) -> bool:
 
 
 def resolve(value: Any, count: jax.Array) -> Any:
-    """The hyperparameter's value at step ``count``: calls a schedule, returns a constant."""
-    return value(count) if callable(value) else value
+    """The hyperparameter's value at step ``count``: calls a schedule, returns a constant.
+
+    A schedule's value must be a scalar: an array would broadcast against the updates and
+    scale each coordinate differently without any error. Shapes are static, so under ``jit``
+    the check runs once, at trace time.
+    """
+    if not callable(value):
+        return value
+    result = value(count)
+    if np.shape(result) != ():
+        raise ValueError(
+            f"a hyperparameter schedule must return a scalar, got shape {np.shape(result)} "
+            f"from {value!r}"
+        )
+    return result
 
 
 def _concrete(value: Any) -> float | None:

@@ -30,7 +30,7 @@ import optax
 
 from jaxtricks.tricks._checks import check_nonnegative, check_positive, check_range, resolve
 from jaxtricks.tricks.base import zeros_like_tree
-from jaxtricks.tricks.tree import check_same_structure, like
+from jaxtricks.tricks.tree import check_float_leaves, check_same_structure, like
 
 
 class AdagradState(NamedTuple):
@@ -107,6 +107,7 @@ def scale_by_adagrad(
     check_positive("eps", eps)
 
     def init_fn(params):
+        check_float_leaves("params", params)
         return AdagradState(
             count=jnp.zeros((), jnp.int32),
             sum_of_squares=jax.tree.map(
@@ -117,6 +118,7 @@ def scale_by_adagrad(
     def update_fn(updates, state, params=None):
         del params
         check_same_structure("updates", updates, "the Adagrad accumulator", state.sum_of_squares)
+        check_float_leaves("updates", updates)
         epsilon = resolve(eps, state.count)
         sums = jax.tree.map(
             lambda g, s: g.astype(s.dtype) * g.astype(s.dtype) + s, updates, state.sum_of_squares
@@ -170,6 +172,7 @@ def scale_by_rms(
     check_nonnegative("initial_scale", initial_scale)
 
     def init_fn(params):
+        check_float_leaves("params", params)
         return RmsState(
             count=jnp.zeros((), jnp.int32),
             mu=zeros_like_tree(params) if centered else None,
@@ -179,6 +182,7 @@ def scale_by_rms(
     def update_fn(updates, state, params=None):
         del params
         check_same_structure("updates", updates, "the RMSProp accumulator", state.nu)
+        check_float_leaves("updates", updates)
         rho = resolve(decay, state.count)
         epsilon = resolve(eps, state.count)
         nu = jax.tree.map(lambda g, n: _moment(g, n, rho, 2), updates, state.nu)
@@ -237,6 +241,7 @@ def scale_by_adam(
     check_nonnegative("eps_root", eps_root)
 
     def init_fn(params):
+        check_float_leaves("params", params)
         return AdamState(
             count=jnp.zeros((), jnp.int32),
             mu=zeros_like_tree(params, mu_dtype),
@@ -246,6 +251,7 @@ def scale_by_adam(
     def update_fn(updates, state, params=None):
         del params
         check_same_structure("updates", updates, "the Adam moments", state.nu)
+        check_float_leaves("updates", updates)
         beta1 = resolve(b1, state.count)
         beta2 = resolve(b2, state.count)
         epsilon = resolve(eps, state.count)

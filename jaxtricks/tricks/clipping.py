@@ -112,8 +112,12 @@ def clip_by_global_norm(max_norm: Any) -> optax.GradientTransformation:
         theta = resolve(max_norm, state.count)
         norm = global_norm(updates)
         keep = norm < like(theta, norm)
+        # Rescaled in the norm's dtype (float32 at least) and rounded once, as in clip_by_norm:
+        # three roundings in bfloat16 or float16 could overshoot θ by more than one unit.
+        factor = like(theta, norm) / norm
         clipped = jax.tree.map(
-            lambda g: jnp.where(keep, g, (g / norm.astype(g.dtype)) * like(theta, g)), updates
+            lambda g: jnp.where(keep, g, (g.astype(norm.dtype) * factor).astype(g.dtype)),
+            updates,
         )
         return clipped, CountState(count=optax.safe_increment(state.count))
 

@@ -13,7 +13,7 @@ import optax
 
 from jaxtricks.tricks._checks import check_nonnegative, resolve
 from jaxtricks.tricks.base import CountState, init_count
-from jaxtricks.tricks.tree import like
+from jaxtricks.tricks.tree import check_float_leaves, check_same_structure, like
 
 
 def scale_by_learning_rate(
@@ -38,10 +38,18 @@ def scale_by_learning_rate(
     check_nonnegative("learning_rate", learning_rate)
     sign = -1 if flip_sign else 1
 
+    def init_fn(params):
+        check_float_leaves("params", params)
+        return init_count(params)
+
     def update_fn(updates, state, params=None):
-        del params
+        # Every optimizer ends here, so this is where a gradient that does not match the
+        # parameters, or an integer one, is caught for all of them (at trace time only).
+        if params is not None:
+            check_same_structure("updates", updates, "params", params)
+        check_float_leaves("updates", updates)
         eta = resolve(learning_rate, state.count)
         scaled = jax.tree.map(lambda g: g * like(sign * eta, g), updates)
         return scaled, CountState(count=optax.safe_increment(state.count))
 
-    return optax.GradientTransformation(init_count, update_fn)
+    return optax.GradientTransformation(init_fn, update_fn)

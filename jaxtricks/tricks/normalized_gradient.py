@@ -39,8 +39,13 @@ def normalize_by_global_norm(eps: Any = 1e-6) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        denominator = global_norm(updates) + resolve(eps, state.count)
-        normalized = jax.tree.map(lambda g: g / like(denominator, g), updates)
+        norm = global_norm(updates)
+        denominator = norm + like(resolve(eps, state.count), norm)
+        # Divided in the norm's dtype (float32 at least) and rounded once: cast to float16,
+        # the default ε is subnormal, XLA flushes it to zero and a zero gradient gives 0 / 0.
+        normalized = jax.tree.map(
+            lambda g: (g.astype(denominator.dtype) / denominator).astype(g.dtype), updates
+        )
         return normalized, CountState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_count, update_fn)

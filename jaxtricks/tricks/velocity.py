@@ -27,7 +27,7 @@ import optax
 
 from jaxtricks.tricks._checks import check_nonnegative, check_range, resolve
 from jaxtricks.tricks.base import zeros_like_tree
-from jaxtricks.tricks.tree import check_same_structure, like
+from jaxtricks.tricks.tree import check_float_leaves, check_same_structure, like
 
 
 class MomentumState(NamedTuple):
@@ -75,6 +75,7 @@ def scale_by_momentum(
     check_range("decay", decay, 0.0, 1.0)
 
     def init_fn(params):
+        check_float_leaves("params", params)
         return MomentumState(
             count=jnp.zeros((), jnp.int32), trace=zeros_like_tree(params, accumulator_dtype)
         )
@@ -82,6 +83,7 @@ def scale_by_momentum(
     def update_fn(updates, state, params=None):
         del params
         check_same_structure("updates", updates, "the momentum trace", state.trace)
+        check_float_leaves("updates", updates)
         gamma = resolve(decay, state.count)
         trace = jax.tree.map(
             lambda g, t: g.astype(t.dtype) + like(gamma, t) * t, updates, state.trace
@@ -135,6 +137,7 @@ def scale_by_velocity(
     check_range("momentum", momentum, 0.0, 1.0)
 
     def init_fn(params):
+        check_float_leaves("params", params)
         return VelocityState(
             count=jnp.zeros((), jnp.int32), velocity=zeros_like_tree(params, accumulator_dtype)
         )
@@ -142,6 +145,7 @@ def scale_by_velocity(
     def update_fn(updates, state, params=None):
         del params
         check_same_structure("updates", updates, "the velocity", state.velocity)
+        check_float_leaves("updates", updates)
         eta = resolve(learning_rate, state.count)
         gamma = resolve(momentum, state.count)
         velocity = jax.tree.map(

@@ -1,0 +1,474 @@
+"""Bad input across the public API: each gives a clear error, never a silent wrong result.
+
+One table of (id, call, exception type, message regex). Every call must raise that type (or a
+subclass) from jaxtricks' own checks or the standard library, not from deep inside JAX, Flax or
+Optax, with a message matching the regex (the argument and what was expected); a command-line
+call must exit with status 2 and say why on stderr. Each call runs in an empty working
+directory, which must still hold no file afterwards: a failed call writes nothing half-done.
+Rows marked as known gaps are strict xfails: they fail today and must be turned into plain rows
+when fixed.
+"""
+
+import gzip
+import hashlib
+import re
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxtricks as jt
+from jaxtricks.cli.main import main as cli_main
+from jaxtricks.data import IdxFormatError, check_images_labels, datasets, read_idx, write_idx
+from jaxtricks.data.datasets import DatasetNotFoundError
+from jaxtricks.data.idx import encode_idx
+from jaxtricks.models import CNN, MLP, ResNet
+from jaxtricks.training import (
+    create_train_state,
+    evaluate,
+    fit,
+    make_eval_step,
+    make_train_step,
+    write_history,
+)
+
+# Packages whose internals must never be where a bad input is first noticed.
+_THIRD_PARTY = ("jax", "jaxlib", "flax", "optax")
+
+
+class Env(NamedTuple):
+    """What a case may use: an empty working directory (the cwd) and a place for inputs."""
+
+    work: Path  # must hold no file after the failed call
+    inputs: Path  # data folders and other files the call reads
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """An empty cwd, and no way for the data loader to reach the user's files or the network."""
+    work, inputs, bin_dir = tmp_path / "work", tmp_path / "inputs", tmp_path / "bin"
+    for folder in (work, inputs, bin_dir):
+        folder.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv(datasets.ENV_VAR, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(work / "xdg"))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setattr(datasets, "MIRRORS", {"mnist": (), "fashion_mnist": ()})
+    monkeypatch.setattr(datasets, "SYSTEM_PATHS", {"mnist": (), "fashion_mnist": ()})
+    monkeypatch.setitem(datasets.SHA256, "mnist", _FAKE_TABLE)
+    return Env(work, inputs)
+
+
+# A small MNIST-shaped dataset whose checksums are patched into the loader's table.
+_rng = np.random.default_rng(0)
+_FAKE_ARRAYS = {
+    "train-images-idx3-ubyte": _rng.integers(0, 256, (32, 28, 28), dtype=np.uint8),
+    "train-labels-idx1-ubyte": _rng.integers(0, 10, 32, dtype=np.uint8),
+    "t10k-images-idx3-ubyte": _rng.integers(0, 256, (8, 28, 28), dtype=np.uint8),
+    "t10k-labels-idx1-ubyte": _rng.integers(0, 10, 8, dtype=np.uint8),
+}
+_FAKE_CONTENT = {file: encode_idx(array) for file, array in _FAKE_ARRAYS.items()}
+_FAKE_TABLE = {file: hashlib.sha256(data).hexdigest() for file, data in _FAKE_CONTENT.items()}
+
+
+def _data_dir(env, *, skip=(), replace=None):
+    """Writes the fake dataset into ``env.inputs/data``, ``replace`` mapping files to bytes."""
+    folder = env.inputs / "data"
+    folder.mkdir(exist_ok=True)
+    for file, data in _FAKE_CONTENT.items():
+        if file not in skip:
+            (folder / file).write_bytes((replace or {}).get(file, data))
+    return folder
+
+
+def _load(env, **kwargs):
+    """``data.load`` on the fake data folder, offline, with the cache in the working dir."""
+    with warnings.catch_warnings():
+        # The loader also warns that the data folder is unusable; the error is what is checked.
+        warnings.simplefilter("ignore", UserWarning)
+        return jt.data.load(
+            "mnist", _data_dir(env, **kwargs), mirrors=(), npm=None, cache_dir=env.work / "cache"
+        )
+
+
+def _load_from_a_file(env):
+    """``data.load`` given a file where a data folder belongs."""
+    (env.inputs / "not-a-folder").write_bytes(b"")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return jt.data.load("mnist", env.inputs / "not-a-folder", mirrors=(), npm=None,
+                            cache_dir=env.work / "cache")
+
+
+def _cli(env, *flags, data=False):
+    """``jaxtricks train`` with ``flags``, output under the working dir; ``data``: a valid
+    data folder, so the flags checked after loading are reached."""
+    data_flags = ["--data-dir", str(_data_dir(env))] if data else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return cli_main(["train", *data_flags, "--out", str(env.work / "run"), "--no-progress",
+                         "--no-plot", "--runner", "loop", *flags])
+
+
+PARAMS = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
+GRADS_MISSING_LEAF = {"w": jnp.ones((3, 2))}
+GRADS_WRONG_SHAPE = {"w": jnp.ones((2, 3)), "b": jnp.ones(2)}
+INT_PARAMS = {"w": jnp.zeros((3, 2), jnp.int32)}
+
+
+def _update(tx, grads, params=PARAMS):
+    """One optimizer update of ``params`` by ``grads``."""
+    return tx.update(grads, tx.init(params), params)
+
+
+def _update_with_int_grads(tx):
+    return _update(tx, {"w": jnp.ones((3, 2), jnp.int32)}, {"w": jnp.zeros((3, 2))})
+
+
+def _images(n=8, shape=(28, 28, 1)):
+    return np.ones((n, *shape), np.float32)
+
+
+def _labels(n=8, value=0):
+    return np.full(n, value, np.int32)
+
+
+TINY_MLP = MLP(features=(4,))
+TINY_CNN = CNN(features=(2,), hidden=4, use_batch_norm=True)
+
+
+def _fit(images=None, labels=None, test_images=None, test_labels=None, *, model=TINY_MLP,
+         **kwargs):
+    """``fit`` with a small valid set-up in which the given pieces are replaced."""
+    images = _images() if images is None else images
+    labels = _labels() if labels is None else labels
+    arguments = {"epochs": 1, "batch_size": 4, "progress": False, "runner": "loop",
+                 "out_dir": "run", **kwargs}
+    return fit(model, jt.sgd(0.1), images, labels,
+               images if test_images is None else test_images,
+               labels if test_labels is None else test_labels, **arguments)
+
+
+def _evaluate(images=None, labels=None, batch_size=4):
+    images = _images() if images is None else images
+    labels = _labels() if labels is None else labels
+    state = create_train_state(TINY_MLP, jt.sgd(0.1), jax.random.key(0), _images(1))
+    return evaluate(make_eval_step(TINY_MLP), state, images, labels, batch_size)
+
+
+def _corrupt_magic(data):
+    return b"\x08\x03" + data[2:]
+
+
+def _one_bit_flipped(data):
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+NONFINITE = float("nan"), float("inf")
+STRUCTURE = "different pytree structures"
+SHAPE = r"differ in shape at \['w'\]: \(2, 3\) vs \(3, 2\)"
+SCALAR_SCHEDULE = r"schedule must return a scalar, got shape \(3,\)"
+IMAGE_SHAPE = r"expects a floating batch of shape \(N, H, W, C\).*got shape"
+MISSING = "t10k-labels-idx1-ubyte\\[\\.gz\\] missing"
+
+# (id, call(env), exception type, regex the message must match)
+CASES = [
+    # Gradients that do not match the parameters.
+    ("sgd-grads-missing-leaf", lambda _: _update(jt.sgd(0.1), GRADS_MISSING_LEAF),
+     ValueError, f"updates and params have {STRUCTURE}"),
+    ("sgd-grads-wrong-shape", lambda _: _update(jt.sgd(0.1), GRADS_WRONG_SHAPE),
+     ValueError, f"updates and params {SHAPE}"),
+    ("momentum-grads-missing-leaf", lambda _: _update(jt.momentum(0.1), GRADS_MISSING_LEAF),
+     ValueError, f"updates and the momentum trace have {STRUCTURE}"),
+    ("momentum-lesson-grads-wrong-shape",
+     lambda _: _update(jt.momentum(0.1, form="lesson"), GRADS_WRONG_SHAPE),
+     ValueError, f"updates and the velocity {SHAPE}"),
+    ("nesterov-grads-wrong-shape", lambda _: _update(jt.nesterov(0.1), GRADS_WRONG_SHAPE),
+     ValueError, f"updates and the momentum trace {SHAPE}"),
+    ("adagrad-grads-missing-leaf", lambda _: _update(jt.adagrad(0.1), GRADS_MISSING_LEAF),
+     ValueError, f"updates and the Adagrad accumulator have {STRUCTURE}"),
+    ("rmsprop-grads-wrong-shape", lambda _: _update(jt.rmsprop(0.1), GRADS_WRONG_SHAPE),
+     ValueError, f"updates and the RMSProp accumulator {SHAPE}"),
+    ("adam-grads-missing-leaf", lambda _: _update(jt.adam(0.1), GRADS_MISSING_LEAF),
+     ValueError, f"updates and the Adam moments have {STRUCTURE}"),
+    ("adam-grads-wrong-shape", lambda _: _update(jt.adam(0.1), GRADS_WRONG_SHAPE),
+     ValueError, f"updates and the Adam moments {SHAPE}"),
+    ("adamw-grads-wrong-shape-jit",
+     lambda _: jax.jit(_update, static_argnums=0)(jt.adamw(0.1), GRADS_WRONG_SHAPE),
+     ValueError, f"updates and the Adam moments {SHAPE}"),
+    ("skip-nonfinite-adam-grads-missing-leaf",
+     lambda _: _update(jt.skip_nonfinite(jt.adam(0.1)), GRADS_MISSING_LEAF),
+     ValueError, f"updates and the Adam moments have {STRUCTURE}"),
+    # Integer parameters or gradients.
+    ("sgd-int-params", lambda _: jt.sgd(0.1).init(INT_PARAMS),
+     TypeError, r"params must hold floating-point arrays, got dtype int32 at \['w'\]"),
+    ("momentum-int-params", lambda _: jt.momentum(0.1).init(INT_PARAMS),
+     TypeError, r"params must hold floating-point arrays, got dtype int32"),
+    ("adam-int-params", lambda _: jt.adam(0.1).init(INT_PARAMS),
+     TypeError, r"params must hold floating-point arrays, got dtype int32"),
+    ("rmsprop-int-params", lambda _: jt.rmsprop(0.1).init(INT_PARAMS),
+     TypeError, r"params must hold floating-point arrays, got dtype int32"),
+    ("sgd-int-grads", lambda _: _update_with_int_grads(jt.sgd(0.1)),
+     TypeError, r"updates must hold floating-point arrays, got dtype int32 at \['w'\]"),
+    ("adam-int-grads", lambda _: _update_with_int_grads(jt.adam(0.1)),
+     TypeError, r"updates must hold floating-point arrays, got dtype int32"),
+    ("momentum-lesson-int-grads",
+     lambda _: _update_with_int_grads(jt.momentum(0.1, form="lesson")),
+     TypeError, r"updates must hold floating-point arrays, got dtype int32"),
+    # Learning rates.
+    ("sgd-negative-lr", lambda _: jt.sgd(-0.1),
+     ValueError, r"learning_rate must be in \[0\.0, inf\), got -0\.1"),
+    ("adam-nan-lr", lambda _: jt.adam(NONFINITE[0]),
+     ValueError, r"learning_rate must be in \[0\.0, inf\), got nan"),
+    ("momentum-inf-lr", lambda _: jt.momentum(NONFINITE[1]),
+     ValueError, r"learning_rate must be in \[0\.0, inf\), got inf"),
+    ("rmsprop-string-lr", lambda _: jt.rmsprop("0.1"),
+     ValueError, r"learning_rate: expected a real number, got dtype <U3"),
+    ("adagrad-array-lr", lambda _: jt.adagrad(np.array([0.1, 0.2])),
+     ValueError, r"learning_rate: expected a scalar, got an array of shape \(2,\)"),
+    ("sgd-bool-lr", lambda _: jt.sgd(True),
+     ValueError, r"learning_rate: expected a number, got the bool True"),
+    # Momentum and betas.
+    ("momentum-above-1", lambda _: jt.momentum(0.1, 1.5),
+     ValueError, r"momentum must be in \[0\.0, 1\.0\], got 1\.5"),
+    ("nesterov-negative-momentum", lambda _: jt.nesterov(0.1, -0.1),
+     ValueError, r"momentum must be in \[0\.0, 1\.0\], got -0\.1"),
+    ("rmsprop-momentum-above-1", lambda _: jt.rmsprop(0.1, momentum=2.0),
+     ValueError, r"momentum must be in \[0\.0, 1\.0\], got 2\.0"),
+    ("rmsprop-decay-1", lambda _: jt.rmsprop(0.1, decay=1.0),
+     ValueError, r"decay must be in \[0\.0, 1\.0\), got 1\.0"),
+    ("adam-b1-1", lambda _: jt.adam(0.1, b1=1.0),
+     ValueError, r"b1 must be in \[0\.0, 1\.0\), got 1\.0"),
+    ("adamw-b2-nan", lambda _: jt.adamw(0.1, b2=NONFINITE[0]),
+     ValueError, r"b2 must be in \[0\.0, 1\.0\), got nan"),
+    ("adam-negative-eps", lambda _: jt.adam(0.1, eps=-1e-8),
+     ValueError, r"eps must be in \(0\.0, inf\), got -1e-08"),
+    # Dropout rates, one per model.
+    ("mlp-dropout-negative", lambda _: MLP(dropout_rate=-0.1),
+     ValueError, r"dropout_rate must be in \[0\.0, 1\.0\), got -0\.1"),
+    ("cnn-dropout-1", lambda _: CNN(dropout_rate=1.0),
+     ValueError, r"dropout_rate must be in \[0\.0, 1\.0\), got 1\.0"),
+    ("resnet-dropout-nan", lambda _: ResNet(dropout_rate=NONFINITE[0]),
+     ValueError, r"dropout_rate must be in \[0\.0, 1\.0\), got nan"),
+    # Unknown names and mode strings.
+    ("unknown-optimizer", lambda _: jt.get_optimizer("adamm", 0.1),
+     ValueError, r"name must be one of \('sgd', .*'adam'.*\), got 'adamm'"),
+    ("optimizer-unknown-option", lambda _: jt.get_optimizer("sgd", 0.1, momentum=0.9),
+     TypeError, r"unexpected keyword argument 'momentum'"),
+    ("unknown-initializer", lambda _: jt.get_initializer("glorrot"),
+     ValueError, r"name must be one of \('gaussian', .*'glorot_normal'.*\).*got 'glorrot'"),
+    ("initializer-name-not-string", lambda _: jt.get_initializer(None),
+     ValueError, r"name must be a string, one of .*got None"),
+    ("variance-scaling-unknown-mode", lambda _: jt.variance_scaling(1.0, "fan_sideways", "normal"),
+     ValueError, r"mode must be one of \('fan_in', 'fan_out', 'fan_avg'\), got 'fan_sideways'"),
+    ("variance-scaling-unknown-distribution",
+     lambda _: jt.variance_scaling(1.0, "fan_in", "cauchy"),
+     ValueError, r"distribution must be one of \(.*'uniform'\), got 'cauchy'"),
+    ("momentum-unknown-form", lambda _: jt.momentum(0.1, form="nesterov"),
+     ValueError, r"form must be one of \('heavy_ball', 'lesson'\), got 'nesterov'"),
+    ("fit-unknown-runner", lambda _: _fit(runner="fast"),
+     ValueError, r"runner must be one of \('auto', 'loop', 'scan'\), got 'fast'"),
+    ("load-unknown-dataset", lambda _: jt.data.load("cifar10"),
+     ValueError, r"name must be one of \('mnist', 'fashion_mnist'\), got 'cifar10'"),
+    # Empty batches and splits, counts and label ranges.
+    ("fit-batch-size-0", lambda _: _fit(batch_size=0),
+     ValueError, r"batch_size must be \[1, 8\], got 0"),
+    ("fit-batch-size-above-examples", lambda _: _fit(batch_size=9),
+     ValueError, r"batch_size must be \[1, 8\], got 9"),
+    ("fit-empty-training-set", lambda _: _fit(_images(0), _labels(0), _images(), _labels()),
+     ValueError, r"train_images must have shape \(N, \.\.\.\) with N >= 1 examples, got \(0,"),
+    ("fit-empty-test-set", lambda _: _fit(test_images=_images(0), test_labels=_labels(0)),
+     ValueError, r"test_images must have shape \(N, \.\.\.\) with N >= 1 examples"),
+    ("fit-zero-epochs", lambda _: _fit(epochs=0), ValueError, r"epochs must be >= 1, got 0"),
+    ("evaluate-batch-size-0", lambda _: _evaluate(batch_size=0),
+     ValueError, r"batch_size must be >= 1, got 0"),
+    ("evaluate-empty-split", lambda _: _evaluate(_images(0), _labels(0)),
+     ValueError, r"images must have shape \(N, \.\.\.\) with N >= 1 examples"),
+    ("fit-images-labels-count-mismatch", lambda _: _fit(labels=_labels(5)),
+     ValueError, r"train_labels must have shape \(8,\) to match train_images, got \(5,\)"),
+    ("evaluate-images-labels-count-mismatch", lambda _: _evaluate(labels=_labels(3)),
+     ValueError, r"labels must have shape \(8,\) to match images, got \(3,\)"),
+    ("idx-images-labels-count-mismatch",
+     lambda _: check_images_labels(np.zeros((4, 28, 28), np.uint8), np.zeros(3, np.uint8)),
+     IdxFormatError, r"images \(4 images\) and labels \(3 labels\) differ in count"),
+    ("fit-train-labels-out-of-range", lambda _: _fit(labels=_labels(value=10)),
+     ValueError, r"train_labels must lie in \[0, 9\] for a model with 10 logits, got .*10\]"),
+    ("fit-test-labels-negative", lambda _: _fit(test_labels=_labels(value=-1)),
+     ValueError, r"test_labels must lie in \[0, 9\] .* got values in \[-1, -1\]"),
+    ("idx-labels-out-of-range",
+     lambda _: check_images_labels(np.zeros((2, 28, 28), np.uint8), np.array([3, 10], np.uint8)),
+     IdxFormatError, r"labels: 1 labels are not in \[0, 10\), e\.g\. label 10 at index 1"),
+    ("evaluate-labels-out-of-range", lambda _: _evaluate(labels=_labels(value=10)),
+     ValueError, r"labels must lie in \[0, 9\]"),
+    ("fit-integer-images", lambda _: _fit(_images().astype(np.uint8)),
+     ValueError, r"train_images must be floating point \(scale raw pixels first\), got uint8"),
+    # Image shapes the convolutional models cannot take.
+    ("cnn-images-without-channel-axis",
+     lambda _: TINY_CNN.init(jax.random.key(0), jnp.ones((2, 28, 28)), train=False),
+     ValueError, f"CNN {IMAGE_SHAPE} \\(2, 28, 28\\)"),
+    ("resnet-flat-images",
+     lambda _: ResNet(width=4).init(jax.random.key(0), jnp.ones((2, 784)), train=False),
+     ValueError, f"ResNet {IMAGE_SHAPE} \\(2, 784\\)"),
+    ("cnn-uint8-images",
+     lambda _: TINY_CNN.init(jax.random.key(0), jnp.ones((2, 28, 28, 1), jnp.uint8),
+                             train=False),
+     ValueError, f"CNN {IMAGE_SHAPE} .* dtype uint8"),
+    ("fit-cnn-images-without-channel-axis",
+     lambda _: _fit(_images(shape=(28, 28)), model=TINY_CNN),
+     ValueError, f"CNN {IMAGE_SHAPE} \\(1, 28, 28\\)"),
+    # Data folders with missing, corrupt or truncated files; the cache must stay empty.
+    ("load-missing-file", lambda env: _load(env, skip=("t10k-labels-idx1-ubyte",)),
+     DatasetNotFoundError, f"could not find a verified copy of mnist.*{MISSING}"),
+    ("load-corrupt-file",
+     lambda env: _load(env, replace={"train-images-idx3-ubyte": _corrupt_magic(
+         _FAKE_CONTENT["train-images-idx3-ubyte"])}),
+     DatasetNotFoundError, r"rejected .*train-images-idx3-ubyte: SHA-256 \w+ does not match"),
+    ("load-file-with-one-bit-flipped",
+     lambda env: _load(env, replace={"train-labels-idx1-ubyte": _one_bit_flipped(
+         _FAKE_CONTENT["train-labels-idx1-ubyte"])}),
+     DatasetNotFoundError, r"train-labels-idx1-ubyte: SHA-256 \w+ does not match"),
+    ("load-truncated-gzip",
+     lambda env: _load(env, replace={"t10k-images-idx3-ubyte": gzip.compress(
+         _FAKE_CONTENT["t10k-images-idx3-ubyte"])[:-20]}),
+     DatasetNotFoundError, r"t10k-images-idx3-ubyte: corrupt gzip stream"),
+    ("load-data-dir-is-a-file", _load_from_a_file,
+     DatasetNotFoundError, r"data_dir .*not-a-folder: is not a directory"),
+    ("read-idx-truncated",
+     lambda env: read_idx(_data_dir(env, replace={"train-images-idx3-ubyte": _FAKE_CONTENT[
+         "train-images-idx3-ubyte"][:1000]}) / "train-images-idx3-ubyte"),
+     IdxFormatError, r"truncated data: the header declares shape \(32, 28, 28\) of uint8"),
+    ("read-idx-bad-magic",
+     lambda env: read_idx(_data_dir(env, replace={"train-labels-idx1-ubyte": _corrupt_magic(
+         _FAKE_CONTENT["train-labels-idx1-ubyte"])}) / "train-labels-idx1-ubyte"),
+     IdxFormatError, r"train-labels-idx1-ubyte: bad magic 0x0803"),
+    ("read-idx-missing-file", lambda env: read_idx(env.inputs / "absent-idx1-ubyte"),
+     FileNotFoundError, r"absent-idx1-ubyte"),
+    # Writing: a refused array or history leaves no file behind.
+    ("write-idx-unsupported-dtype",
+     lambda env: write_idx(env.work / "x-idx1-ubyte", np.zeros(3, np.float16)),
+     ValueError, r"array dtype must be one of .*, got float16"),
+    ("write-history-not-json",
+     lambda env: write_history({"header": {"seed": {0}}, "epochs": []}, env.work / "run"),
+     TypeError, r"Object of type set is not JSON serializable"),
+    # Schedules returning an array, and things that are not callable.
+    ("sgd-non-scalar-schedule", lambda _: _update(jt.sgd(lambda c: jnp.ones(3)), PARAMS),
+     ValueError, SCALAR_SCHEDULE),
+    ("adam-non-scalar-schedule-under-jit",
+     lambda _: jax.jit(_update, static_argnums=0)(jt.adam(lambda c: jnp.ones(3)), PARAMS),
+     ValueError, SCALAR_SCHEDULE),
+    ("momentum-non-scalar-momentum-schedule",
+     lambda _: _update(jt.momentum(0.1, lambda c: jnp.full(3, 0.9), form="lesson"), PARAMS),
+     ValueError, SCALAR_SCHEDULE),
+    ("join-non-callable-schedule", lambda _: jt.join([0.1, jt.constant(0.1)], [5]),
+     TypeError, r"schedules\[0\] must be callable, got float 0\.1"),
+    ("cnn-non-callable-activation", lambda _: CNN(activation="relu"),
+     TypeError, r"activation must be callable, got str 'relu'"),
+    ("mlp-non-callable-initializer", lambda _: MLP(kernel_init="he_normal"),
+     TypeError, r"kernel_init must be callable, got str 'he_normal'"),
+    ("fit-non-callable-callback", lambda _: _fit(callbacks=["save"]),
+     ValueError, r"callbacks must be callables, got 'save'"),
+    ("skip-nonfinite-of-a-factory", lambda _: jt.skip_nonfinite(jt.adam),
+     TypeError, r"inner must be an optax\.GradientTransformation, got function"),
+    ("skip-nonfinite-of-a-string", lambda _: jt.skip_nonfinite("adam"),
+     TypeError, r"inner must be an optax\.GradientTransformation, got str"),
+    ("skip-nonfinite-of-a-plain-tuple",
+     lambda _: jt.skip_nonfinite((jt.sgd(0.1).init, jt.sgd(0.1).update)),
+     TypeError, r"inner must be an optax\.GradientTransformation, got tuple"),
+    ("train-step-with-an-optimizer-name", lambda _: make_train_step(TINY_MLP, "adam"),
+     ValueError, r"optimizer must be an optax\.GradientTransformation, got str"),
+    ("fit-skip-nonfinite-not-bool", lambda _: _fit(skip_nonfinite="yes"),
+     ValueError, r"skip_nonfinite must be a bool, got 'yes'"),
+    # The command line: exit status 2 and the reason on stderr, before any training.
+    ("cli-unknown-command", lambda _: cli_main(["frobnicate"]),
+     SystemExit, r"invalid choice: 'frobnicate'"),
+    ("cli-unknown-model", lambda env: _cli(env, "--model", "vgg"),
+     SystemExit, r"argument --model: invalid choice: 'vgg'"),
+    ("cli-unknown-schedule", lambda env: _cli(env, "--schedule", "linear"),
+     SystemExit, r"argument --schedule: invalid choice: 'linear'"),
+    ("cli-epochs-not-int", lambda env: _cli(env, "--epochs", "two"),
+     SystemExit, r"argument --epochs: invalid int value: 'two'"),
+    ("cli-zero-epochs", lambda env: _cli(env, "--epochs", "0"),
+     SystemExit, r"--epochs must be >= 1, got 0"),
+    ("cli-zero-batch-size", lambda env: _cli(env, "--batch-size", "0"),
+     SystemExit, r"--batch-size must be >= 1, got 0"),
+    ("cli-nan-learning-rate", lambda env: _cli(env, "--learning-rate", "nan"),
+     SystemExit, r"--learning-rate must be finite and >= 0, got nan"),
+    ("cli-infinite-learning-rate", lambda env: _cli(env, "--learning-rate", "inf"),
+     SystemExit, r"--learning-rate must be finite and >= 0, got inf"),
+    ("cli-negative-weight-decay", lambda env: _cli(env, "--weight-decay", "-0.1"),
+     SystemExit, r"--weight-decay must be finite and >= 0, got -0\.1"),
+    ("cli-negative-warmup", lambda env: _cli(env, "--warmup-epochs", "-1"),
+     SystemExit, r"--warmup-epochs must be finite and >= 0, got -1"),
+    ("cli-dropout-1", lambda env: _cli(env, "--dropout", "1"),
+     SystemExit, r"dropout_rate must be in \[0\.0, 1\.0\), got 1\.0"),
+    ("cli-unknown-initializer", lambda env: _cli(env, "--initializer", "glorrot"),
+     SystemExit, r"name must be one of .* got 'glorrot'"),
+    ("cli-missing-data", lambda env: _cli(env, "--data-dir", str(env.inputs / "absent")),
+     SystemExit, r"could not find a verified copy of mnist"),
+    ("cli-momentum-above-1",
+     lambda env: _cli(env, "--optimizer", "momentum", "--momentum", "1.5", "--batch-size", "8",
+                      data=True),
+     SystemExit, r"momentum must be in \[0\.0, 1\.0\], got 1\.5"),
+    ("cli-zero-clip-threshold",
+     lambda env: _cli(env, "--clip", "value", "--clip-threshold", "0", "--batch-size", "8",
+                      data=True),
+     SystemExit, r"max_delta must be in \(0\.0, inf\), got 0\.0"),
+    ("cli-decay-factor-above-1",
+     lambda env: _cli(env, "--schedule", "per_epoch", "--decay-factor", "1.5", "--batch-size",
+                      "8", data=True),
+     SystemExit, r"factor must be in \(0\.0, 1\.0\], got 1\.5"),
+    ("cli-zero-train-examples", lambda env: _cli(env, "--train-examples", "0", data=True),
+     SystemExit, r"--train-examples must be in \[1, 32\], got 0"),
+    ("cli-batch-size-above-train-examples",
+     lambda env: _cli(env, "--batch-size", "64", data=True),
+     SystemExit, r"--batch-size must be at most the 32 training images, got 64"),
+]
+
+# Rows that fail today, in code this change does not own; each names the fix it waits for.
+KNOWN_GAPS = {
+    "evaluate-labels-out-of-range": "training.evaluate does not check the label range: labels "
+    ">= the number of logits give loss nan, negative ones a finite wrong loss",
+}
+
+
+def _params():
+    return [
+        pytest.param(
+            call,
+            error,
+            pattern,
+            id=case_id,
+            marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[case_id])
+            if case_id in KNOWN_GAPS
+            else (),
+        )
+        for case_id, call, error, pattern in CASES
+    ]
+
+
+def test_table_is_large_with_unique_ids():
+    ids = [case[0] for case in CASES]
+    assert len(ids) == len(set(ids))
+    assert len(ids) >= 30
+    assert set(KNOWN_GAPS) <= set(ids)
+
+
+@pytest.mark.parametrize(("call", "error", "pattern"), _params())
+def test_bad_input_gives_a_clear_error(env, capsys, call, error, pattern):
+    with pytest.raises(error) as info:
+        call(env)
+    if error is SystemExit:
+        assert info.value.code == 2
+        message = capsys.readouterr().err
+    else:
+        message = str(info.value)
+    assert re.search(pattern, message, re.DOTALL), message
+    parts = Path(str(info.traceback[-1].path)).parts
+    package = parts[parts.index("site-packages") + 1] if "site-packages" in parts else ""
+    assert package not in _THIRD_PARTY, f"raised inside {package}: {message}"
+    assert [path for path in env.work.rglob("*") if not path.is_dir()] == []

@@ -1,0 +1,274 @@
+"""NaN and Inf gradients injected mid-training: a CNN with batch norm and Adam survives them.
+
+The data are MNIST-shaped, (N, 28, 28, 1) float32 images made up from ten fixed patterns plus
+noise, so the network learns fast. A step is poisoned in two ways:
+
+- through the input: one pixel of one image set to NaN, +Inf, -Inf or 3e38 (which overflows in
+  the batch-norm variance);
+- through the gradient alone: a loss scale of 2^128, beyond float32's range (as an over-grown
+  dynamic loss scale in mixed-precision training), makes the backward pass Inf while the forward
+  pass, the loss and the batch statistics stay finite.
+
+Two guards are checked. (a) The train step's ``skip_nonfinite=True`` (also through ``fit``):
+parameters, Adam's moments and the batch statistics come out bit-identical, ``skipped`` counts
+the step and the loss goes on falling. (b) The optimizer wrapper ``jt.skip_nonfinite(jt.adam)``
+with the train step's own check off: parameters and moments are untouched and
+``opt_state.skipped`` counts; it sees only gradients, so a NaN *input* still poisons the batch
+statistics, which is what the train step's check is for.
+"""
+
+
+import itertools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxtricks as jt
+from jaxtricks.models import CNN
+from jaxtricks.training import create_train_state, epoch_indices, fit, make_train_step
+
+BATCH = 32
+LEARNING_RATE = 3e-3
+# log2 of a loss scale that float32 cannot hold: 2^128 rounds to Inf, and so does every gradient.
+OVERFLOWING_LOG2_LOSS_SCALE = 128.0
+
+
+@jax.custom_vjp
+def _scale_cotangent(logits, scale):
+    return logits
+
+
+def _scale_cotangent_fwd(logits, scale):
+    return logits, scale
+
+
+def _scale_cotangent_bwd(scale, cotangent):
+    return cotangent * scale.astype(cotangent.dtype), jnp.zeros_like(scale)
+
+
+_scale_cotangent.defvjp(_scale_cotangent_fwd, _scale_cotangent_bwd)
+
+
+class LossScaledCNN(CNN):
+    """The jaxtricks CNN whose gradients are multiplied by a loss scale S = 2^k.
+
+    The forward pass is the CNN's; the backward pass multiplies the logits' cotangent by S, so
+    every gradient is S times the CNN's, as when the loss is scaled by S. k lives in the
+    ``batch_stats`` collection (dynamic loss scaling keeps its scale in the training state), so
+    one compiled step serves every k; with k = 0 this is the plain CNN.
+    """
+
+    @nn.compact
+    def __call__(self, x, train):
+        log2_scale = self.variable(
+            "batch_stats", "log2_loss_scale", lambda: jnp.zeros((), jnp.float32)
+        )
+        return _scale_cotangent(super().__call__(x, train), jnp.exp2(log2_scale.value))
+
+
+MODEL = LossScaledCNN(features=(4,), hidden=16, use_batch_norm=True)
+ADAM = jt.adam(LEARNING_RATE)
+GUARDED_ADAM = jt.skip_nonfinite(jt.adam(LEARNING_RATE))
+
+_PATTERNS = np.random.default_rng(1234).normal(size=(10, 28, 28, 1))
+
+
+def mnist_shaped(seed, num_examples):
+    """Float32 images (N, 28, 28, 1) whose class is a fixed pattern plus noise, int32 labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, num_examples).astype(np.int32)
+    images = _PATTERNS[labels] + rng.normal(size=(num_examples, 28, 28, 1))
+    return images.astype(np.float32), labels
+
+
+IMAGES, LABELS = mnist_shaped(seed=0, num_examples=8 * BATCH)
+
+
+def batch(step):
+    start = (step * BATCH) % len(IMAGES)
+    return IMAGES[start : start + BATCH].copy(), LABELS[start : start + BATCH]
+
+
+def with_pixel(value):
+    """A poison: the batch with pixel (5, 7) of its fourth image set to ``value``."""
+
+    def poison(state, images):
+        images[3, 5, 7, 0] = value
+        return state, images
+
+    return poison
+
+
+def with_loss_scale(log2_scale):
+    """A poison: the state with loss scale ``2^log2_scale`` (images untouched)."""
+
+    def poison(state, images):
+        stats = {**state.batch_stats, "log2_loss_scale": jnp.asarray(log2_scale, jnp.float32)}
+        return state._replace(batch_stats=stats), images
+
+    return poison
+
+
+def reset_loss_scale(state):
+    return with_loss_scale(0.0)(state, None)[0]
+
+
+def snapshot(tree):
+    """A host copy, safe from the train step's donation of its input state."""
+
+    def copy(leaf):
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        return np.array(leaf)
+
+    return jax.tree.map(copy, tree)
+
+
+def assert_bit_identical(actual, expected):
+    actual, expected = snapshot(actual), snapshot(expected)
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert a.dtype == e.dtype and a.shape == e.shape
+        assert a.tobytes() == e.tobytes()
+
+
+def all_finite(tree):
+    return all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(snapshot(tree)))
+
+
+def initial_state(optimizer):
+    return create_train_state(MODEL, optimizer, jax.random.key(0), jnp.asarray(IMAGES[:1]))
+
+
+def segment_means(losses, poisoned_steps):
+    """The mean training loss of each run of clean steps between poisoned ones."""
+    bounds = [-1, *sorted(poisoned_steps), len(losses)]
+    return [np.mean(losses[lo + 1 : hi]) for lo, hi in itertools.pairwise(bounds)]
+
+
+def decreasing(values):
+    return all(later < earlier for earlier, later in itertools.pairwise(values))
+
+
+TRAIN_STEP_POISONS = {
+    8: with_pixel(np.nan),
+    16: with_pixel(np.inf),
+    24: with_pixel(-np.inf),
+    32: with_pixel(3e38),
+    40: with_loss_scale(OVERFLOWING_LOG2_LOSS_SCALE),
+}
+# Steps whose forward pass is finite: only the gradients can have caused the skip.
+GRADIENT_ONLY_POISONS = {40}
+
+
+def test_train_step_skips_poisoned_steps_and_keeps_learning():
+    train_step = make_train_step(MODEL, ADAM, skip_nonfinite=True)
+    state = initial_state(ADAM)
+    losses, survived = [], 0
+    for step in range(48):
+        images, labels = batch(step)
+        poison = TRAIN_STEP_POISONS.get(step)
+        if poison is None:
+            state, metrics = train_step(state, (images, labels))
+            assert int(metrics["skipped"]) == 0
+            losses.append(float(metrics["loss"]))
+            continue
+        state, images = poison(state, images)
+        before = snapshot(state)
+        state, metrics = train_step(state, (images, labels))
+        assert int(metrics["skipped"]) == 1
+        assert not np.isfinite(float(metrics["grad_norm"]))
+        if step in GRADIENT_ONLY_POISONS:
+            assert np.isfinite(float(metrics["loss"]))
+        assert int(state.step) == int(before.step) + 1
+        assert_bit_identical(state.params, before.params)
+        assert_bit_identical(state.opt_state, before.opt_state)  # Adam's mu, nu and count
+        assert_bit_identical(state.batch_stats, before.batch_stats)
+        survived += 1
+        state = reset_loss_scale(state)
+        losses.append(np.nan)
+    assert survived == len(TRAIN_STEP_POISONS) == 5
+    assert all_finite(state.params) and all_finite(state.batch_stats)
+    means = segment_means(np.array(losses), TRAIN_STEP_POISONS)
+    assert decreasing(means), means
+    assert means[-1] < 0.5 * means[0]
+
+
+def test_fit_skips_every_batch_holding_a_nan_or_inf_image():
+    images, labels = mnist_shaped(seed=1, num_examples=4 * BATCH)
+    poisoned = {17: np.nan, 90: -np.inf}
+    for index, value in poisoned.items():
+        images[index, 14, 14, 0] = value
+    test_images, test_labels = mnist_shaped(seed=2, num_examples=BATCH)
+    epochs, seed = 4, 0
+    state, history = fit(
+        MODEL, ADAM, images, labels, test_images, test_labels, epochs=epochs,
+        batch_size=BATCH, seed=seed, runner="loop", progress=False, skip_nonfinite=True,
+    )
+    # fit orders epoch e by epoch_indices(k_data, e, ...) with (k_init, k_data) = split(key(seed)).
+    data_key = jax.random.split(jax.random.key(seed))[1]
+    expected = [
+        sum(bool(np.isin(row, list(poisoned)).any()) for row in np.asarray(
+            epoch_indices(data_key, epoch, len(images), BATCH)))
+        for epoch in range(1, epochs + 1)
+    ]
+    records = history["epochs"]
+    assert [record["skipped_steps"] for record in records] == expected
+    assert all(count >= 1 for count in expected)
+    survived = sum(record["skipped_steps"] for record in records)
+    assert survived == sum(expected) >= epochs
+    assert int(state.step) == epochs * len(images) // BATCH
+    assert all_finite(state.params) and all_finite(state.opt_state)
+    assert all_finite(state.batch_stats)
+    train_losses = [record["train_loss"] for record in records]
+    assert all(np.isfinite(train_losses)) and all(np.isfinite(r["test_loss"]) for r in records)
+    assert decreasing(train_losses), train_losses
+
+
+def test_optimizer_wrapper_skips_overflowing_gradients_without_the_train_step_check():
+    train_step = make_train_step(MODEL, GUARDED_ADAM, skip_nonfinite=False)
+    state = initial_state(GUARDED_ADAM)
+    poisoned_steps = (8, 16)
+    losses, survived = [], 0
+    for step in range(24):
+        images, labels = batch(step)
+        if step not in poisoned_steps:
+            state, metrics = train_step(state, (images, labels))
+            losses.append(float(metrics["loss"]))
+            continue
+        state, images = with_loss_scale(OVERFLOWING_LOG2_LOSS_SCALE)(state, images)
+        before = snapshot(state)
+        state, metrics = train_step(state, (images, labels))
+        assert int(metrics["skipped"]) == 0  # the train step's own check is off
+        assert not np.isfinite(float(metrics["grad_norm"]))
+        assert_bit_identical(state.params, before.params)
+        assert_bit_identical(state.opt_state.inner_state, before.opt_state.inner_state)
+        assert int(state.opt_state.skipped) == int(before.opt_state.skipped) + 1
+        assert not bool(state.opt_state.last_finite)
+        # The forward pass was finite: batch statistics moved on as in any step.
+        assert all_finite(state.batch_stats)
+        survived += 1
+        state = reset_loss_scale(state)
+        losses.append(np.nan)
+    assert survived == int(state.opt_state.skipped) == len(poisoned_steps)
+    assert all_finite(state.params) and all_finite(state.opt_state)
+    means = segment_means(np.array(losses), poisoned_steps)
+    assert decreasing(means), means
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_optimizer_wrapper_cannot_guard_batch_statistics_from_a_bad_input(value):
+    train_step = make_train_step(MODEL, GUARDED_ADAM, skip_nonfinite=False)
+    state = initial_state(GUARDED_ADAM)
+    for step in range(3):
+        state, _ = train_step(state, batch(step))
+    state, images = with_pixel(value)(state, batch(3)[0])
+    before = snapshot(state)
+    state, _ = train_step(state, (images, batch(3)[1]))
+    assert_bit_identical(state.params, before.params)
+    assert_bit_identical(state.opt_state.inner_state, before.opt_state.inner_state)
+    assert int(state.opt_state.skipped) == 1
+    assert all_finite(before.batch_stats) and not all_finite(state.batch_stats)

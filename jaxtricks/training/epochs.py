@@ -201,8 +201,15 @@ def run_epoch(
         *,
         chunk_steps: int | None = None,
         on_chunk: Callable[[int, Totals], None] | None = None,
+        start: int = 0,
+        stop: int | None = None,
+        totals: Totals | None = None,
 ) -> tuple[TrainState, Totals]:
     """Trains one epoch: step i on the batch ``indices[i]``, for every row of ``indices``.
+
+    With ``start`` and ``stop`` it trains only steps ``start, ..., stop - 1``, so an epoch can
+    be run in parts (to checkpoint in the middle of it, or to resume from such a checkpoint)
+    with the same result, bit for bit, as in one call.
 
     Args:
         runner: from :func:`compile_epoch_runner` or :func:`choose_runner`.
@@ -214,6 +221,10 @@ def run_epoch(
             runners call ``on_chunk`` after each. None means the whole epoch in one chunk.
         on_chunk: called as ``on_chunk(steps_done, totals)`` with the running totals still on
             the device, so reading them is the caller's choice of when to wait.
+        start: the first step to run, in [0, S].
+        stop: the step to stop before, in [start, S]; None means S, the end of the epoch.
+        totals: the running totals after ``start`` steps, as an earlier part returned them;
+            None means :func:`zero_totals`, which is right only for ``start=0``.
 
     Returns:
         ``(state, totals)``, the totals as in :func:`zero_totals`, still on the device.
@@ -222,20 +233,28 @@ def run_epoch(
         See :func:`compile_epoch_runner`.
     """
     num_steps = indices.shape[0]
+    stop = num_steps if stop is None else stop
     chunk_steps = num_steps if chunk_steps is None else chunk_steps
     if chunk_steps < 1:
         raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
-    totals = zero_totals()
-    for start in range(0, num_steps, chunk_steps):
-        stop = min(start + chunk_steps, num_steps)
-        state, totals = runner.advance(state, totals, images, labels, indices, start, stop)
+    if not 0 <= start <= stop <= num_steps:
+        raise ValueError(
+            f"start and stop must satisfy 0 <= start <= stop <= {num_steps}, got {start}, {stop}"
+        )
+    if totals is None:
+        if start:
+            raise ValueError(f"totals: the running totals after start={start} steps are needed")
+        totals = zero_totals()
+    for begin in range(start, stop, chunk_steps):
+        end = min(begin + chunk_steps, stop)
+        state, totals = runner.advance(state, totals, images, labels, indices, begin, end)
         if on_chunk is not None:
-            on_chunk(stop, totals)
+            on_chunk(end, totals)
     return state, totals
 
 
 def _signature(state: TrainState, images: jax.Array, indices: jax.Array) -> tuple:
-    """What a step's speed depends on: hardware, the state's shapes and the batch's."""
+    """What a step's speed depends on: hardware, the state's shapes, shardings and the batch's."""
     leaves, treedef = jax.tree.flatten(state)
     device = jax.devices()[0]
     return (
@@ -243,9 +262,10 @@ def _signature(state: TrainState, images: jax.Array, indices: jax.Array) -> tupl
         device.device_kind,
         jax.device_count(),
         treedef,
-        tuple((leaf.shape, leaf.dtype) for leaf in leaves),
+        tuple((leaf.shape, leaf.dtype, leaf.sharding) for leaf in leaves),
         images.shape[1:],
         images.dtype,
+        images.sharding,
         indices.shape[1],
     )
 

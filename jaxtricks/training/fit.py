@@ -23,7 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
+from jaxtricks.training.checkpoint import _run_checkpoints
 from jaxtricks.training.epochs import (
     RUNNERS,
     Totals,
@@ -31,6 +33,13 @@ from jaxtricks.training.epochs import (
     compile_epoch_runner,
     epoch_indices,
     run_epoch,
+)
+from jaxtricks.training.fit_tricks import _run_epoch_tricks
+from jaxtricks.training.sharding import (
+    _check_divisible,
+    replicate,
+    shard_dataset,
+    shard_train_state,
 )
 from jaxtricks.training.state import (
     TrainState,
@@ -40,6 +49,7 @@ from jaxtricks.training.state import (
 )
 from jaxtricks.training.steps import (
     _check_int,
+    _check_sharding_arguments,
     _check_split,
     _variables,
     evaluate,
@@ -47,6 +57,9 @@ from jaxtricks.training.steps import (
     make_train_step,
 )
 from jaxtricks.tricks._checks import check_choice, check_nonnegative, resolve
+from jaxtricks.tricks.averaging import ParamAveraging
+from jaxtricks.tricks.early_stopping import EarlyStopping
+from jaxtricks.tricks.plateau import ReduceOnPlateau
 
 METRICS_FILE = "metrics.json"
 
@@ -73,6 +86,17 @@ def fit(
         state: TrainState | None = None,
         callbacks: Sequence[Callback] = (),
         chunk_steps: int = 50,
+        mesh: Mesh | None = None,
+        shard_optimizer_state: bool = False,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every_steps: int | None = None,
+        checkpoint_every_epochs: int | None = 1,
+        keep_checkpoints: int = 3,
+        resume: bool = False,
+        early_stopping: EarlyStopping | None = None,
+        averaging: ParamAveraging | None = None,
+        reduce_on_plateau: ReduceOnPlateau | None = None,
+        monitor: str = "test_loss",
 ) -> tuple[TrainState, History]:
     """Trains ``model`` with ``optimizer`` for ``epochs`` epochs and evaluates after each.
 
@@ -117,6 +141,53 @@ def fit(
             state passed is donated by the next epoch, so save or copy what must outlive it.
         chunk_steps: steps between progress-bar updates, and steps per compiled call of the
             ``"scan"`` runner.
+        mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
+            parallel; ``batch_size`` must divide by its number of devices D. The training set is
+            split over the devices (:func:`~jaxtricks.training.sharding.shard_dataset`), the
+            test set replicated, every batch split D ways and the state placed by
+            :func:`~jaxtricks.training.sharding.shard_train_state`. The same seed gives the
+            same run as on one device, up to float32 summation order. None: no sharding.
+        shard_optimizer_state: with a mesh, split the optimizer state across the devices
+            (ZeRO-1) to hold about 1/D of it per device.
+        checkpoint_dir: if given, checkpoints of the run are saved there (see
+            :mod:`jaxtricks.training.checkpoint`): the state, the running totals of the epoch
+            in progress and, as JSON, the step, the history so far and the run's seed,
+            batch_size, number of training examples and skip_nonfinite. Without ``resume``
+            it must hold no checkpoint yet.
+        checkpoint_every_steps: also save after every step that is a multiple of this, in
+            the middle of an epoch too (the epoch is run in parts that end there). None:
+            only at epochs' ends.
+        checkpoint_every_epochs: save at the end of every epoch that is a multiple of this;
+            None: not at epochs' ends. The run's last epoch is always saved.
+        keep_checkpoints: the newest checkpoints to keep, >= 1.
+        resume: continue from the newest checkpoint in ``checkpoint_dir`` that verifies
+            (damaged newer ones are skipped with a warning and deleted) instead of from
+            ``state`` or a fresh state, up to the epoch the interrupted run would have
+            reached: its first epoch plus ``epochs``. The result, history included, is
+            bit-identical to the run's had it not stopped (timings aside). With no
+            checkpoint there the run starts as without ``resume``; a checkpoint of another
+            seed, batch_size, training set size or skip_nonfinite is refused. Not with
+            ``early_stopping`` or ``averaging``, whose states are not checkpointed.
+        early_stopping: an :func:`~jaxtricks.tricks.early_stopping.early_stopping` state
+            machine, fed ``monitor`` after each epoch; training stops after the epoch where it
+            says so. With ``restore_best`` the returned state holds the parameters and batch
+            statistics of the best epoch (those ``monitor`` was measured on); its step,
+            optimizer state and key stay the last epoch's.
+        averaging: a parameter average from :mod:`jaxtricks.tricks.averaging`, updated with
+            the parameters after each epoch (so SWA's ``start`` and ``every`` count epochs) and
+            evaluated on the test split after each epoch, its batch-norm statistics measured
+            again on the training images first
+            (:func:`~jaxtricks.training.averaging.recompute_batch_stats`, a forward pass over
+            the training set per epoch). The returned state holds the raw parameters.
+        reduce_on_plateau: a :func:`~jaxtricks.tricks.plateau.reduce_on_plateau` state machine,
+            fed ``monitor`` after each epoch; the optimizer must contain
+            ``scale_by_plateau(reduce_on_plateau)``, whose scale (kept in the optimizer state,
+            so checkpointed) multiplies the next epochs' updates.
+        monitor: the epoch record's metric that ``early_stopping`` and ``reduce_on_plateau``
+            observe: ``"test_loss"``, ``"test_accuracy"``, ``"train_loss"``,
+            ``"train_accuracy"`` or, with ``averaging``, ``"test_loss_averaged"`` and
+            ``"test_accuracy_averaged"``. Their ``mode`` must match it (``"max"`` for an
+            accuracy).
 
     Returns:
         ``(state, history)``. ``history["header"]`` holds seed, batch_size, epochs,
@@ -124,11 +195,16 @@ def fit(
         jax_version, runner_requested, runner, runner_step_time_s (seconds per step of each
         runner when measured, else None), runner_cached, compile_time_s (compiling the chosen
         runner, measured apart from training; near 0 when an earlier fit of an equal model and
-        the same optimizer object compiled it already) and skip_nonfinite.
+        the same optimizer object compiled it already), skip_nonfinite, data_parallel_devices
+        (D, 1 without a mesh) and shard_optimizer_state.
         ``history["epochs"]`` holds one record per epoch with epoch, step, train_loss,
         train_accuracy, train_grad_norm, test_loss, test_accuracy, learning_rate, epoch_time_s
         (training only), eval_time_s (the first epoch's includes compiling the evaluation),
-        images_per_s, skipped_steps and runner.
+        images_per_s, skipped_steps and runner; with ``averaging`` also test_loss_averaged,
+        test_accuracy_averaged and averaged_eval_time_s; with ``reduce_on_plateau`` also
+        plateau_scale (the scale used during the epoch); with ``early_stopping`` also
+        epochs_without_improvement, and ``history["early_stopping"]`` holds monitor,
+        best_epoch, best_metric, stopped_epoch (None if it never stopped) and restored_best.
 
     Example:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
@@ -172,18 +248,44 @@ def fit(
     for callback in callbacks:
         if not callable(callback):
             raise ValueError(f"callbacks must be callables, got {callback!r}")
+    _check_sharding_arguments(mesh, shard_optimizer_state)
+    tricks = _run_epoch_tricks(early_stopping, averaging, reduce_on_plateau, monitor, resume)
+    if mesh is not None:
+        _check_divisible("batch_size", batch_size, mesh)
     tqdm = _import_tqdm() if progress else None
+    checkpoints = _run_checkpoints(
+        checkpoint_dir,
+        checkpoint_every_steps,
+        checkpoint_every_epochs,
+        keep_checkpoints,
+        resume,
+        config={
+            "seed": seed,
+            "batch_size": batch_size,
+            "train_examples": num_train,
+            "skip_nonfinite": skip_nonfinite,
+        },
+        steps_per_epoch=num_train // batch_size,
+    )
 
     init_key, data_key = jax.random.split(jax.random.key(seed))
+    if mesh is not None:
+        train_images, train_labels = shard_dataset((train_images, train_labels), mesh)
+        test_images, test_labels = replicate((test_images, test_labels), mesh)
     train_images, test_images = jnp.asarray(train_images), jnp.asarray(test_images)
     train_labels = jnp.asarray(train_labels, dtype=jnp.int32)
     test_labels = jnp.asarray(test_labels, dtype=jnp.int32)
     if state is None:
         state = create_train_state(model, optimizer, init_key, train_images[:1])
+    if mesh is not None:
+        state = shard_train_state(state, mesh, shard_optimizer_state=shard_optimizer_state)
     _check_label_range(model, state, train_images, train_labels, test_labels)
     steps_per_epoch = num_train // batch_size
+    resumed = checkpoints.start(state) if checkpoints else None
+    if resumed is not None:
+        state = resumed.state
     first_step = int(state.step)
-    if first_step % steps_per_epoch:
+    if first_step % steps_per_epoch and resumed is None:
         raise ValueError(
             f"state: its step {first_step} is not a whole number of epochs of "
             f"{steps_per_epoch} steps (batch_size={batch_size}); continue it with the batch "
@@ -191,8 +293,14 @@ def fit(
         )
     first_epoch = first_step // steps_per_epoch
 
-    train_step = make_train_step(model, optimizer, skip_nonfinite=skip_nonfinite)
-    eval_step = make_eval_step(model)
+    train_step = make_train_step(
+        model,
+        optimizer,
+        skip_nonfinite=skip_nonfinite,
+        mesh=mesh,
+        shard_optimizer_state=shard_optimizer_state,
+    )
+    eval_step = make_eval_step(model, mesh=mesh)
     # The runners are compiled for the shapes of an epoch's indices; any epoch's will do.
     indices = epoch_indices(data_key, first_epoch + 1, num_train, batch_size)
     if runner == "auto":
@@ -223,24 +331,50 @@ def fit(
             "runner_cached": choice["cached"],
             "compile_time_s": epoch_runner.compile_time_s,
             "skip_nonfinite": skip_nonfinite,
+            "data_parallel_devices": 1 if mesh is None else mesh.size,
+            "shard_optimizer_state": shard_optimizer_state,
         },
         "epochs": [],
     }
 
-    last_epoch = first_epoch + epochs
+    if resumed is not None:
+        history["epochs"] = resumed.records
+    if tricks:
+        tricks.start(
+            state,
+            history,
+            model=model,
+            # Without the rows shard_dataset pads with (the same array when there are none).
+            train_images=train_images[:num_train],
+            batch_size=batch_size,
+            evaluate_test=lambda s: evaluate(eval_step, s, test_images, test_labels, batch_size),
+            first_epoch=first_epoch,
+        )
+    last_epoch = (checkpoints.first_epoch if checkpoints else first_epoch) + epochs
     for epoch in range(first_epoch + 1, last_epoch + 1):
         indices = epoch_indices(data_key, epoch, num_train, batch_size)
         bar = _ProgressBar(tqdm, steps_per_epoch, f"epoch {epoch}/{last_epoch}") if tqdm else None
         begin = time.perf_counter()
-        state, totals = run_epoch(
-            epoch_runner,
-            state,
-            train_images,
-            train_labels,
-            indices,
-            chunk_steps=chunk_steps,
-            on_chunk=bar.update if bar else None,
-        )
+        start, totals = 0, None
+        if resumed is not None and epoch == first_epoch + 1:
+            start, totals = first_step % steps_per_epoch, resumed.totals
+        for stop in checkpoints.segment_ends(epoch, start) if checkpoints else [steps_per_epoch]:
+            state, totals = run_epoch(
+                epoch_runner,
+                state,
+                train_images,
+                train_labels,
+                indices,
+                chunk_steps=chunk_steps,
+                on_chunk=bar.update if bar else None,
+                start=start,
+                stop=stop,
+                totals=totals,
+            )
+            if stop < steps_per_epoch:
+                # Saved before the next part donates the state; not counted as training time.
+                begin += checkpoints.save(state, totals, history)
+            start = stop
         totals = jax.device_get(totals)
         epoch_time = time.perf_counter() - begin
         begin = time.perf_counter()
@@ -263,15 +397,20 @@ def fit(
             "skipped_steps": int(totals["skipped"]),
             "runner": epoch_runner.name,
         }
+        state, stop_early = tricks.after_epoch(state, record) if tricks else (state, False)
         history["epochs"].append(record)
         if bar:
             bar.close(record)
         if out_dir is not None:
             write_history(history, out_dir)
         # Every callback runs (a checkpoint must not be missed because another asked to stop).
-        stops = [callback(state, record) for callback in callbacks]
+        stops = [stop_early, *(callback(state, record) for callback in callbacks)]
+        if checkpoints and checkpoints.due(epoch, final=any(stops) or epoch == last_epoch):
+            checkpoints.save(state, None, history)
         if any(stops):
             break
+    if tricks:
+        state = tricks.finish(state)
     return state, history
 
 

@@ -28,7 +28,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from jaxtricks.training.sharding import (
+    _check_divisible,
+    _check_mesh,
+    batch_sharding,
+    train_state_sharding,
+)
 from jaxtricks.training.state import TrainState, _check_model, _check_optimizer, _shared
 
 Batch = tuple[jax.Array, ...]
@@ -95,6 +102,8 @@ def make_train_step(
         optimizer: optax.GradientTransformation,
         *,
         skip_nonfinite: bool = True,
+        mesh: Mesh | None = None,
+        shard_optimizer_state: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the compiled training step ``train_step(state, batch) -> (state, metrics)``.
 
@@ -108,6 +117,15 @@ def make_train_step(
         skip_nonfinite: if True, a step whose loss, gradients or new batch statistics hold a
             NaN or Inf leaves params, opt_state and batch_stats unchanged and reports
             ``skipped = 1``; ``step`` still advances.
+        mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
+            parallel: the batch is split along its leading axis (its size must divide by the
+            number of devices) and the state is kept as
+            :func:`~jaxtricks.training.sharding.train_state_sharding` says. The program is the
+            same, partitioned by the compiler, so the result equals one device's up to float32
+            summation order. Pass a state placed by
+            :func:`~jaxtricks.training.sharding.shard_train_state`. None: no sharding.
+        shard_optimizer_state: with a mesh, split the optimizer state across the devices
+            (ZeRO-1) instead of replicating it.
 
     Returns:
         A ``jax.jit``-compiled pure function of ``state`` and ``batch = (images, labels)``
@@ -138,10 +156,32 @@ def make_train_step(
     _check_optimizer(optimizer)
     if not isinstance(skip_nonfinite, bool):
         raise ValueError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
-    return _shared(_build_train_step, model, optimizer, skip_nonfinite)
+    _check_sharding_arguments(mesh, shard_optimizer_state)
+    return _shared(
+        _build_train_step, model, optimizer, skip_nonfinite, mesh, shard_optimizer_state
+    )
 
 
-def _build_train_step(model, optimizer, skip_nonfinite):
+def _check_sharding_arguments(mesh: Any, shard_optimizer_state: Any) -> None:
+    """Raises ``ValueError`` unless ``mesh`` is None or a 1-D mesh and ``shard_optimizer_state``
+    a bool that is True only with a mesh."""
+    if mesh is not None:
+        _check_mesh(mesh)
+    if not isinstance(shard_optimizer_state, bool):
+        raise ValueError(f"shard_optimizer_state must be a bool, got {shard_optimizer_state!r}")
+    if shard_optimizer_state and mesh is None:
+        raise ValueError("shard_optimizer_state=True needs a mesh to shard over, got mesh=None")
+
+
+def _constrain_batch(batch: Batch, mesh: Mesh | None) -> Batch:
+    """Inside ``jit``: the batch split along its leading axis over the mesh (if any)."""
+    if mesh is None:
+        return batch
+    _check_divisible("the batch size", batch[0].shape[0], mesh)
+    return jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))
+
+
+def _build_train_step(model, optimizer, skip_nonfinite, mesh, shard_optimizer_state):
     def loss_fn(params, batch_stats, images, labels, key):
         logits, updates = model.apply(
             _variables(params, batch_stats),
@@ -153,8 +193,19 @@ def _build_train_step(model, optimizer, skip_nonfinite):
         loss = jnp.mean(_per_example_loss(logits, labels))
         return loss, (logits, updates.get("batch_stats", batch_stats))
 
+    def constrain_state(state: TrainState) -> TrainState:
+        # On both ends of the step: the output then keeps the input's layout (so donation reuses
+        # its buffers), and a loop carrying the state (the "scan" runner) has one layout for
+        # the partitioner to keep, instead of one it picks from what the body touches.
+        if mesh is None:
+            return state
+        return jax.lax.with_sharding_constraint(
+            state, train_state_sharding(state, mesh, shard_optimizer_state=shard_optimizer_state)
+        )
+
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        images, labels = batch
+        state = constrain_state(state)
+        images, labels = _constrain_batch(batch, mesh)
         key = jax.random.fold_in(state.rng, state.step)
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.batch_stats, images, labels, key
@@ -189,12 +240,14 @@ def _build_train_step(model, optimizer, skip_nonfinite):
             opt_state=opt_state,
             rng=state.rng,
         )
-        return new_state, metrics
+        return constrain_state(new_state), metrics
 
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
+def make_eval_step(
+        model: nn.Module, *, mesh: Mesh | None = None
+) -> Callable[[TrainState, Batch], Metrics]:
     """Builds the compiled evaluation step ``eval_step(state, batch) -> sums``.
 
     With per-example losses ℓ_i and mask m: loss_sum = Σ m_i ℓ_i,
@@ -203,6 +256,8 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
 
     Args:
         model: a Flax Linen module called as ``model.apply(variables, x, train=False)``.
+        mesh: a 1-D mesh to split each batch over (its size must divide by the number of
+            devices), as in :func:`make_train_step`; None: no sharding.
 
     Returns:
         A ``jax.jit``-compiled function of ``state`` and ``batch``, where ``batch`` is
@@ -226,10 +281,12 @@ def make_eval_step(model: nn.Module) -> Callable[[TrainState, Batch], Metrics]:
         (3, True)
     """
     _check_model(model)
-    return _shared(_build_eval_step, model)
+    if mesh is not None:
+        _check_mesh(mesh)
+    return _shared(_build_eval_step, model, mesh)
 
 
-def _build_eval_step(model):
+def _build_eval_step(model, mesh):
     def eval_step(state: TrainState, batch: Batch) -> Metrics:
         if len(batch) not in (2, 3):
             raise ValueError(
@@ -237,6 +294,7 @@ def _build_eval_step(model):
             )
         images, labels = batch[0], batch[1]
         mask = batch[2] if len(batch) == 3 else jnp.ones(labels.shape, jnp.bool_)
+        images, labels, mask = _constrain_batch((images, labels, mask), mesh)
         logits = model.apply(_variables(state.params, state.batch_stats), images, train=False)
         losses = _per_example_loss(logits, labels)
         correct = (jnp.argmax(logits, axis=-1) == labels) & mask

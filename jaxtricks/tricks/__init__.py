@@ -9,8 +9,25 @@ from jaxtricks.tricks.adaptive import (
     scale_by_adam,
     scale_by_rms,
 )
+from jaxtricks.tricks.averaging import (
+    EmaParamsState,
+    ParamAveraging,
+    SwaParamsState,
+    ema_params,
+    polyak_params,
+    swa_params,
+)
 from jaxtricks.tricks.base import CountState
 from jaxtricks.tricks.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from jaxtricks.tricks.diagnostics import (
+    HEALTH_FIELDS,
+    GradientHealthState,
+    UpdateHealthState,
+    get_health,
+    gradient_health,
+    update_health,
+)
+from jaxtricks.tricks.early_stopping import EarlyStopping, EarlyStoppingState, early_stopping
 from jaxtricks.tricks.initializers import (
     gaussian,
     glorot_normal,
@@ -43,6 +60,14 @@ from jaxtricks.tricks.optimizers import (
     sgd,
 )
 from jaxtricks.tricks.optimizers import get as get_optimizer
+from jaxtricks.tricks.plateau import (
+    PlateauState,
+    ReduceOnPlateau,
+    plateau_states,
+    reduce_on_plateau,
+    scale_by_plateau,
+    update_plateau,
+)
 from jaxtricks.tricks.preprocessing import (
     MinMaxStats,
     StandardStats,
@@ -73,14 +98,24 @@ from jaxtricks.tricks.velocity import (
 from jaxtricks.tricks.weight_decay import add_decayed_weights, add_l2_penalty
 
 __all__ = [
+    "HEALTH_FIELDS",
     "AdagradState",
     "AdamState",
     "CountState",
+    "EarlyStopping",
+    "EarlyStoppingState",
+    "EmaParamsState",
+    "GradientHealthState",
     "MinMaxStats",
     "MomentumState",
+    "ParamAveraging",
+    "PlateauState",
+    "ReduceOnPlateau",
     "RmsState",
     "SkipNonfiniteState",
     "StandardStats",
+    "SwaParamsState",
+    "UpdateHealthState",
     "VelocityState",
     "adagrad",
     "adam",
@@ -94,15 +129,19 @@ __all__ = [
     "clip_by_value",
     "constant",
     "cosine_decay",
+    "early_stopping",
+    "ema_params",
     "exponential_decay",
     "fit_min_max",
     "fit_standardization",
     "gaussian",
+    "get_health",
     "get_initializer",
     "get_optimizer",
     "global_norm",
     "glorot_normal",
     "glorot_uniform",
+    "gradient_health",
     "he_normal",
     "he_uniform",
     "initializers",
@@ -121,12 +160,16 @@ __all__ = [
     "orthogonal",
     "per_epoch_decay",
     "piecewise_constant",
+    "plateau_states",
+    "polyak_params",
     "preprocessing",
+    "reduce_on_plateau",
     "rmsprop",
     "scale_by_adagrad",
     "scale_by_adam",
     "scale_by_learning_rate",
     "scale_by_momentum",
+    "scale_by_plateau",
     "scale_by_rms",
     "scale_by_velocity",
     "scale_to_unit",
@@ -135,7 +178,10 @@ __all__ = [
     "skip_nonfinite",
     "standardize",
     "step_decay",
+    "swa_params",
     "uniform",
+    "update_health",
+    "update_plateau",
     "variance_scaling",
     "warmup_cosine",
     "xavier_normal",

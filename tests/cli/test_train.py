@@ -55,6 +55,7 @@ def test_train_writes_metrics_and_curves_and_learns(fake_mnist, tmp_path, capsys
                 "epoch_time_s"):
         assert all(np.isfinite(r[key]) for r in epochs), key
     assert epochs[-1]["test_accuracy"] > 0.9
+    assert 0 < epochs[0]["elapsed_s"] < epochs[1]["elapsed_s"]
     assert metrics["header"]["arguments"]["model"] == "mlp"
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["final_test_accuracy"] == epochs[-1]["test_accuracy"]
@@ -62,7 +63,7 @@ def test_train_writes_metrics_and_curves_and_learns(fake_mnist, tmp_path, capsys
 
 def test_same_seed_same_metrics_other_seed_other_metrics(fake_mnist, tmp_path):
     strip = lambda m: [
-        {k: v for k, v in r.items() if not k.endswith("_s") and k != "images_per_s"}
+        {k: v for k, v in r.items() if not k.endswith("_s")}
         for r in m["epochs"]
     ]
     first = strip(_train(fake_mnist, tmp_path / "a", "--seed", "3"))
@@ -86,6 +87,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(fake_mnist, tmp_path):
         ["--model", "cnn", "--no-batch-norm", "--dropout", "0.3", "--initializer", "glorot_uniform",
          "--activation", "tanh", "--scaling", "unit"],
         ["--model", "resnet", "--scaling", "raw", "--initializer", "orthogonal"],
+        ["--model", "mlp", "--devices", "all", "--shard-optimizer-state"],
     ],
 )
 def test_every_switch_trains(fake_mnist, tmp_path, flags):
@@ -115,6 +117,10 @@ def test_the_per_epoch_schedule_decays_by_the_factor(fake_mnist, tmp_path):
         (["--train-examples", "0"], "--train-examples"),
         (["--clip", "global_norm", "--clip-threshold", "0"], "max_norm"),
         (["--momentum", "2", "--optimizer", "momentum"], "momentum"),
+        (["--devices", "-1"], "--devices"),
+        (["--devices", "two"], "--devices"),
+        (["--devices", "1000"], "--devices"),
+        (["--shard-optimizer-state"], "--shard-optimizer-state"),
     ],
 )
 def test_bad_flags_fail_with_a_message_naming_them(fake_mnist, tmp_path, capsys, flags, message):

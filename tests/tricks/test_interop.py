@@ -66,8 +66,11 @@ def test_mixed_chain_equals_the_all_optax_chain(mixed, allclose):
     )
     with jax.numpy_dtype_promotion("standard"):
         ours, theirs = _updates(mixed(), grads), _updates(reference, grads)
+    # jaxtricks' clip multiplies by θ/‖g‖ (one rounding, so bfloat16 cannot overshoot θ);
+    # Optax divides by ‖g‖, then multiplies by θ. The last-bit difference is magnified by
+    # Adam's division for small coordinates: measured 2e-6 relative on one of them.
     for a, b in zip(ours, theirs, strict=True):
-        allclose(a, b, rtol=1e-6)
+        allclose(a, b, rtol=1e-5)
 
 
 # --- optax.inject_hyperparams -------------------------------------------------------------

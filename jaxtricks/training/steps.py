@@ -37,6 +37,7 @@ from jaxtricks.training.sharding import (
     train_state_sharding,
 )
 from jaxtricks.training.state import TrainState, _check_model, _check_optimizer, _shared
+from jaxtricks.tricks.tree import all_finite
 
 Batch = tuple[jax.Array, ...]
 Metrics = dict[str, jax.Array]
@@ -52,12 +53,6 @@ def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
 def _per_example_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     # float32 so that a model computing in bfloat16 still gets an accurate log-softmax.
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-
-
-def _all_finite(tree: Any) -> jax.Array:
-    """One boolean scalar: every entry of every leaf is finite."""
-    flags = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]
-    return functools.reduce(jnp.logical_and, flags, jnp.array(True))
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
@@ -213,7 +208,7 @@ def _build_train_step(model, optimizer, skip_nonfinite, mesh, shard_optimizer_st
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         if skip_nonfinite:
-            finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(batch_stats)
+            finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(batch_stats)
 
             # A select, not lax.cond: XLA's GPU backend may run a conditional by copying its
             # predicate to the host, a sync per step; the select fuses into the update instead.

@@ -104,8 +104,8 @@ def test_metrics_json_is_the_history(reference):
     assert [path.name for path in out_dir.iterdir()] == [METRICS_FILE]  # no temporary left
 
 
-@pytest.mark.parametrize("runner", ["scan", "auto"])
-def test_every_runner_gives_the_same_training(reference, runner, monkeypatch):
+@pytest.mark.parametrize("runner", ["loop", "scan", "auto"])
+def test_same_seed_gives_bit_identical_training_with_every_runner(reference, runner, monkeypatch):
     monkeypatch.setattr(epochs, "_CHOICES", {})
     expected_state, expected_history, _ = reference
     state, history = run(runner=runner)

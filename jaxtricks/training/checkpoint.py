@@ -299,15 +299,18 @@ class _Resumed(NamedTuple):
     totals: Any  # the running totals of the epoch in progress (zero at an epoch's end)
     records: list[dict[str, Any]]  # the history records of the epochs finished
     first_epoch: int  # the epochs done when the run began (0, or a given state's)
-    extra: dict[str, Any]  # other training state saved with it (see _RunCheckpoints.save)
+    extra_tree: Any  # other training state saved with it, arrays (see _RunCheckpoints.save)
+    extra: dict[str, Any]  # other training state saved with it, JSON
 
 
 class _RunCheckpoints:
     """The checkpoints of one ``fit`` run: when to save, what a checkpoint holds, resuming.
 
-    The tree saved is ``(state, totals)``, the running totals of the epoch in progress being
-    what makes a resumed epoch's means equal the uninterrupted ones; the metadata holds the
-    step, the epochs done, the run's config and first epoch, the history so far and ``extra``.
+    The tree saved is ``(state, totals, extra_tree)``, the running totals of the epoch in
+    progress being what makes a resumed epoch's means equal the uninterrupted ones, and
+    ``extra_tree`` the arrays of other training state (early stopping's, averaging's); the
+    metadata holds the step, the epochs done, the run's config and first epoch, the history so
+    far and ``extra``.
     """
 
     def __init__(
@@ -329,11 +332,12 @@ class _RunCheckpoints:
         self.steps_per_epoch = steps_per_epoch
         self.first_epoch = 0
 
-    def start(self, state: Any) -> _Resumed | None:
+    def start(self, state: Any, extra_tree: Any = None) -> _Resumed | None:
         """Restores the newest good checkpoint when resuming, deleting damaged newer ones.
 
-        Without ``resume``, a directory that already holds checkpoints is refused rather than
-        mixed with another run's.
+        ``state`` and ``extra_tree`` give the structure, shapes and dtypes to restore. Without
+        ``resume``, a directory that already holds checkpoints is refused rather than mixed with
+        another run's.
         """
         self.first_epoch = int(state.step) // self.steps_per_epoch
         steps = self.manager.steps()
@@ -344,7 +348,15 @@ class _RunCheckpoints:
                     f"steps {steps}: pass resume=True to continue that run, or another directory"
                 )
             return None
-        restored = self.manager.restore((state, zero_totals()))
+        extra_tree = {} if extra_tree is None else extra_tree
+        try:
+            restored = self.manager.restore((state, zero_totals(), extra_tree))
+        except ValueError as err:
+            raise ValueError(
+                f"resume: {err}. The checkpoint was saved by a run with another model, "
+                "optimizer, early_stopping or averaging than this one: resume it with the same, "
+                "or start in another directory"
+            ) from err
         good = -1 if restored is None else restored.step
         for step in steps:
             if step > good:
@@ -360,8 +372,10 @@ class _RunCheckpoints:
                     "resume it with the same arguments, or start in another directory"
                 )
         self.first_epoch = metadata["first_epoch"]
-        state, totals = restored.tree
-        return _Resumed(state, totals, metadata["history"], self.first_epoch, metadata["extra"])
+        state, totals, extra_tree = restored.tree
+        return _Resumed(
+            state, totals, metadata["history"], self.first_epoch, extra_tree, metadata["extra"]
+        )
 
     def segment_ends(self, epoch: int, start: int) -> list[int]:
         """The steps of epoch ``epoch`` after ``start`` at which to stop: each mid-epoch
@@ -384,18 +398,24 @@ class _RunCheckpoints:
             state: Any,
             totals: Any,
             history: dict[str, Any],
+            extra_tree: Any = None,
             extra: dict[str, Any] | None = None,
     ) -> float:
         """Saves the run at ``state.step``; returns the seconds it took.
 
-        ``totals`` None means an epoch's end. ``extra`` is the place for other training state
-        to carry across a resume (it comes back as ``_Resumed.extra``).
+        ``totals`` None means an epoch's end. ``extra_tree`` (arrays) and ``extra`` (JSON) are
+        the places for other training state to carry across a resume (they come back as
+        ``_Resumed.extra_tree`` and ``_Resumed.extra``).
         """
         begin = time.perf_counter()
         step = int(state.step)
         self.manager.save(
             step,
-            (state, zero_totals() if totals is None else totals),
+            (
+                state,
+                zero_totals() if totals is None else totals,
+                {} if extra_tree is None else extra_tree,
+            ),
             {
                 "step": step,
                 "epoch": step // self.steps_per_epoch,

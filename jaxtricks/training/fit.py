@@ -166,8 +166,10 @@ def fit(
             reached: its first epoch plus ``epochs``. The result, history included, is
             bit-identical to the run's had it not stopped (timings aside). With no
             checkpoint there the run starts as without ``resume``; a checkpoint of another
-            seed, batch_size, training set size or skip_nonfinite is refused. Not with
-            ``early_stopping`` or ``averaging``, whose states are not checkpointed.
+            seed, batch_size, training set size or skip_nonfinite is refused, and so is one
+            saved with other ``early_stopping`` or ``averaging`` (their states are saved in
+            the checkpoint and go on from there; a run that early stopping had stopped stays
+            stopped).
         early_stopping: an :func:`~jaxtricks.tricks.early_stopping.early_stopping` state
             machine, fed ``monitor`` after each epoch; training stops after the epoch where it
             says so. With ``restore_best`` the returned state holds the parameters and batch
@@ -249,7 +251,7 @@ def fit(
         if not callable(callback):
             raise ValueError(f"callbacks must be callables, got {callback!r}")
     _check_sharding_arguments(mesh, shard_optimizer_state)
-    tricks = _run_epoch_tricks(early_stopping, averaging, reduce_on_plateau, monitor, resume)
+    tricks = _run_epoch_tricks(early_stopping, averaging, reduce_on_plateau, monitor)
     if mesh is not None:
         _check_divisible("batch_size", batch_size, mesh)
     tqdm = _import_tqdm() if progress else None
@@ -281,9 +283,13 @@ def fit(
         state = shard_train_state(state, mesh, shard_optimizer_state=shard_optimizer_state)
     _check_label_range(model, state, train_images, train_labels, test_labels)
     steps_per_epoch = num_train // batch_size
-    resumed = checkpoints.start(state) if checkpoints else None
+    if tricks:
+        tricks.init_states(state, int(state.step) // steps_per_epoch)
+    resumed = checkpoints.start(state, tricks.states() if tricks else None) if checkpoints else None
     if resumed is not None:
         state = resumed.state
+        if tricks:
+            tricks.load(resumed.extra_tree, resumed.extra)
     first_step = int(state.step)
     if first_step % steps_per_epoch and resumed is None:
         raise ValueError(
@@ -348,10 +354,11 @@ def fit(
             train_images=train_images[:num_train],
             batch_size=batch_size,
             evaluate_test=lambda s: evaluate(eval_step, s, test_images, test_labels, batch_size),
-            first_epoch=first_epoch,
         )
     last_epoch = (checkpoints.first_epoch if checkpoints else first_epoch) + epochs
     for epoch in range(first_epoch + 1, last_epoch + 1):
+        if tricks and tricks.stopped():  # resumed from the checkpoint of an early stop
+            break
         indices = epoch_indices(data_key, epoch, num_train, batch_size)
         bar = _ProgressBar(tqdm, steps_per_epoch, f"epoch {epoch}/{last_epoch}") if tqdm else None
         begin = time.perf_counter()
@@ -373,7 +380,7 @@ def fit(
             )
             if stop < steps_per_epoch:
                 # Saved before the next part donates the state; not counted as training time.
-                begin += checkpoints.save(state, totals, history)
+                begin += checkpoints.save(state, totals, history, *_trick_states(tricks))
             start = stop
         totals = jax.device_get(totals)
         epoch_time = time.perf_counter() - begin
@@ -406,7 +413,7 @@ def fit(
         # Every callback runs (a checkpoint must not be missed because another asked to stop).
         stops = [stop_early, *(callback(state, record) for callback in callbacks)]
         if checkpoints and checkpoints.due(epoch, final=any(stops) or epoch == last_epoch):
-            checkpoints.save(state, None, history)
+            checkpoints.save(state, None, history, *_trick_states(tricks))
         if any(stops):
             break
     if tricks:
@@ -459,6 +466,11 @@ def _strict_json(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_strict_json(item) for item in value]
     return value
+
+
+def _trick_states(tricks: Any) -> tuple[Any, Any]:
+    """What a checkpoint saves of the epoch-level tricks: arrays and JSON."""
+    return (tricks.states(), tricks.summary()) if tricks else (None, None)
 
 
 def _mean(total: Any, count: int) -> float:

@@ -15,8 +15,12 @@ After epoch e has been trained and evaluated, in this order:
    replace the last ones in the returned state (step, optimizer state and key stay the last
    epoch's).
 
-The early-stopping and averaging states are not part of a checkpoint, so they cannot be resumed;
-the plateau state lives in the optimizer state and is checkpointed with it.
+A checkpoint of a run holds the early-stopping and averaging states (:meth:`_EpochTricks.states`,
+arrays saved with the training state) and the early-stopping summary (JSON), so a resumed run
+goes on with the same best epoch, best parameters, patience count and average: it ends as the
+uninterrupted run would have. Both change only at epochs' ends, so a checkpoint taken inside an
+epoch holds them as the last epoch left them. The plateau state lives in the optimizer state and
+is checkpointed with it.
 """
 
 import time
@@ -43,7 +47,6 @@ def _run_epoch_tricks(
         averaging: Any,
         reduce_on_plateau: Any,
         monitor: Any,
-        resume: bool,
 ) -> "_EpochTricks | None":
     """Checks ``fit``'s trick arguments (named as ``fit`` names them); the run's tricks, or
     None when none is asked for."""
@@ -56,11 +59,6 @@ def _run_epoch_tricks(
             raise ValueError(f"{name} must be a {kind.__name__} or None, got {value!r}")
     monitors = MONITORS if averaging is None else MONITORS + AVERAGED_MONITORS
     check_choice("monitor", monitor, monitors)
-    if resume and (early_stopping is not None or averaging is not None):
-        raise ValueError(
-            "resume=True cannot be combined with early_stopping or averaging: their states are "
-            "not saved in checkpoints"
-        )
     if early_stopping is None and averaging is None and reduce_on_plateau is None:
         return None
     return _EpochTricks(early_stopping, averaging, reduce_on_plateau, monitor)
@@ -83,6 +81,52 @@ class _EpochTricks:
             self._stop_update = jax.jit(early_stopping.update)
         if averaging is not None:
             self._average_update = jax.jit(averaging.update)
+        self._summary: dict[str, Any] = {
+            "monitor": monitor,
+            "best_epoch": None,
+            "best_metric": None,
+            "stopped_epoch": None,
+            "restored_best": False,
+        }
+        self._first_epoch = 0
+
+    def init_states(self, state: TrainState, first_epoch: int) -> None:
+        """Starts the early-stopping and averaging states from ``state``, the run's first,
+        whose step is ``first_epoch`` epochs."""
+        self._first_epoch = first_epoch
+        if self._averaging is not None:
+            self._average = self._averaging.init(_copy(state.params))
+        if self._early_stopping is not None:
+            self._stopping = self._early_stopping.init(
+                _copy(state.params), _copy(state.batch_stats)
+            )
+
+    def states(self) -> dict[str, Any]:
+        """The states a checkpoint saves: a pytree of arrays ({} when neither trick is on)."""
+        tree = {}
+        if self._early_stopping is not None:
+            tree["early_stopping"] = self._stopping
+        if self._averaging is not None:
+            tree["averaging"] = self._average
+        return tree
+
+    def summary(self) -> dict[str, Any]:
+        """What a checkpoint saves as JSON beside :meth:`states`."""
+        return {"first_epoch": self._first_epoch, "early_stopping": dict(self._summary)}
+
+    def load(self, states: dict[str, Any], summary: dict[str, Any]) -> None:
+        """Takes up the states and summary of a checkpoint (as :meth:`states` and
+        :meth:`summary` gave them when it was saved)."""
+        if "early_stopping" in states:
+            self._stopping = states["early_stopping"]
+        if "averaging" in states:
+            self._average = states["averaging"]
+        self._first_epoch = summary["first_epoch"]
+        self._summary.update(summary["early_stopping"])
+
+    def stopped(self) -> bool:
+        """Whether early stopping has already asked to stop (in a run resumed after it did)."""
+        return self._early_stopping is not None and bool(self._stopping.should_stop)
 
     def start(
             self,
@@ -93,9 +137,8 @@ class _EpochTricks:
             train_images: jax.Array,
             batch_size: int,
             evaluate_test: Callable[[TrainState], dict[str, float]],
-            first_epoch: int,
     ) -> None:
-        """Initializes the states from the run's first state; ``history`` gets a summary."""
+        """Gets ready to run after each epoch; ``history`` gets the early-stopping summary."""
         if self._plateau is not None and not plateau_states(state.opt_state):
             raise ValueError(
                 "reduce_on_plateau needs its scale in the optimizer: build the optimizer with "
@@ -105,20 +148,7 @@ class _EpochTricks:
         self._train_images = train_images
         self._batch_size = batch_size
         self._evaluate_test = evaluate_test
-        self._first_epoch = first_epoch
-        if self._averaging is not None:
-            self._average = self._averaging.init(_copy(state.params))
         if self._early_stopping is not None:
-            self._stopping = self._early_stopping.init(
-                _copy(state.params), _copy(state.batch_stats)
-            )
-            self._summary = {
-                "monitor": self._monitor,
-                "best_epoch": None,
-                "best_metric": None,
-                "stopped_epoch": None,
-                "restored_best": False,
-            }
             history["early_stopping"] = self._summary
 
     def after_epoch(self, state: TrainState, record: dict[str, Any]) -> tuple[TrainState, bool]:

@@ -8,6 +8,7 @@ import pytest
 from training_toys import TinyNet, toy_problem
 
 from jaxtricks.training.averaging import recompute_batch_stats
+from jaxtricks.training.checkpoint import CheckpointManager
 from jaxtricks.training.fit import fit
 from jaxtricks.training.sharding import make_mesh
 from jaxtricks.training.state import create_train_state
@@ -192,12 +193,63 @@ def test_invalid_trick_arguments_are_refused(overrides, message):
         run(epochs=1, **overrides)
 
 
-def test_resume_is_refused_with_early_stopping(tmp_path):
-    with pytest.raises(ValueError, match="resume"):
+TIMINGS = {
+    "runner_requested", "runner", "runner_step_time_s", "runner_cached", "compile_time_s",
+    "epoch_time_s", "eval_time_s", "images_per_s", "averaged_eval_time_s",
+}  # fmt: skip
+
+
+def without_timings(history):
+    return {
+        "header": {k: v for k, v in history["header"].items() if k not in TIMINGS},
+        "epochs": [{k: v for k, v in r.items() if k not in TIMINGS} for r in history["epochs"]],
+        "early_stopping": history["early_stopping"],
+    }
+
+
+def stopped_and_averaged(**overrides):
+    """Stops after epoch 3 of 6 (patience 2, nothing improves after epoch 1) and restores epoch
+    1's parameters, which by then only the early-stopping state holds; EMA evaluated too."""
+    return run(
+        epochs=6,
+        early_stopping=early_stopping(patience=2, min_delta=NEVER),
+        averaging=ema_params(0.5),
+        **overrides,
+    )
+
+
+@pytest.mark.parametrize("resume_from", [4, 6, 9])  # inside epoch 2, its end, the stop
+def test_resuming_with_early_stopping_and_averaging_equals_the_uninterrupted_run(
+        tmp_path, resume_from
+):
+    expected_state, expected_history = stopped_and_averaged()
+    assert expected_history["early_stopping"]["stopped_epoch"] == 3
+    assert expected_history["early_stopping"]["best_epoch"] == 1
+    stopped_and_averaged(checkpoint_dir=tmp_path, checkpoint_every_steps=2, keep_checkpoints=100)
+    manager = CheckpointManager(tmp_path)
+    assert manager.steps()[-1] == 9
+    for step in manager.steps():
+        if step > resume_from:
+            manager.delete(step)
+    state, history = stopped_and_averaged(
+        checkpoint_dir=tmp_path, checkpoint_every_steps=2, resume=True
+    )
+    assert_trees_equal(state.params, expected_state.params)
+    assert_trees_equal(state.batch_stats, expected_state.batch_stats)
+    assert_trees_equal(state.opt_state, expected_state.opt_state)
+    assert int(state.step) == int(expected_state.step) == 9
+    assert without_timings(history) == without_timings(expected_history)
+
+
+def test_resuming_with_other_epoch_tricks_than_the_checkpoint_is_refused(tmp_path):
+    run(epochs=1, checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"resume: .*early_stopping or averaging"):
         run(
             epochs=1,
             checkpoint_dir=tmp_path,
             resume=True,
             early_stopping=early_stopping(patience=2),
         )
+    assert CheckpointManager(tmp_path).steps() == [3]  # the checkpoint is kept
+
 

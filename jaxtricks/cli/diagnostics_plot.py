@@ -73,6 +73,7 @@ def plot_gradient_norms(
         vanish_threshold: float | None = None,
         explode_threshold: float | None = None,
         title: str = "gradient norm per layer",
+        xlabel: str = "step",
 ) -> str:
     """Draws each module's gradient norm ``‖g_m‖`` against the step, log scale, into ``path``.
 
@@ -84,6 +85,7 @@ def plot_gradient_norms(
       vanish_threshold: drawn as a dashed line when given, e.g. the one of ``gradient_health``.
       explode_threshold: likewise.
       title: the plot's title.
+      xlabel: the x axis' label.
 
     Returns:
       ``str(path)``.
@@ -121,7 +123,7 @@ def plot_gradient_norms(
     for value, label in thresholds:
         if value is not None:
             ax.axhline(value, color="gray", linestyle="--", linewidth=1, label=f"{label} {value:g}")
-    ax.set(xlabel="step", ylabel="‖g‖ of the layer's parameters", title=title, yscale="log")
+    ax.set(xlabel=xlabel, ylabel="‖g‖ of the layer's parameters", title=title, yscale="log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small", ncol=1 + len(series) // 12, loc="best")
     fig.tight_layout()

@@ -27,7 +27,10 @@ from jaxtricks.training import fit, write_history
 from jaxtricks.training.checkpoint import CheckpointManager
 from jaxtricks.training.sharding import make_mesh
 from jaxtricks.tricks import initializers, optimizers, preprocessing, schedules
+from jaxtricks.tricks.averaging import ema_params, swa_params
 from jaxtricks.tricks.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from jaxtricks.tricks.diagnostics import gradient_health, update_health
+from jaxtricks.tricks.early_stopping import early_stopping
 from jaxtricks.tricks.weight_decay import add_l2_penalty
 
 DESCRIPTION = (
@@ -50,6 +53,7 @@ SCHEDULES = ("constant", "per_epoch", "step", "cosine", "warmup_cosine", "one_cy
 CLIPPING = ("none", "value", "norm", "global_norm")
 SCALINGS = ("standardize", "unit", "raw")
 OPTIMIZERS = (*optimizers.OPTIMIZERS, "momentum_lesson")
+MONITORS = ("test_loss", "test_accuracy", "train_loss", "train_accuracy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +99,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="clipping threshold (the lesson suggests 1 or 10)")
     optim.add_argument("--weight-decay", type=float, default=0.0,
                        help="decoupled weight decay for adamw, coupled L2 for the others")
+    guard = parser.add_argument_group("against overfitting (L5) and diagnostics")
+    guard.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                       help="stop after PATIENCE epochs without a better --monitor and return "
+                            "the best epoch's weights; unset: off")
+    guard.add_argument("--monitor", choices=MONITORS, default="test_loss",
+                       help="the metric early stopping watches (accuracies are maximized)")
+    guard.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                       help="also evaluate an exponential moving average of the weights, "
+                            "updated after each epoch, with DECAY in [0, 1]")
+    guard.add_argument("--swa-start", type=int, default=None, metavar="EPOCH",
+                       help="also evaluate the uniform average (SWA) of the weights of epochs "
+                            ">= EPOCH")
+    guard.add_argument("--gradient-health", action="store_true",
+                       help="record per-layer gradient and update norms (logged per epoch in "
+                            "metrics.json) and plot the gradient norms to gradient_norms.png")
     run = parser.add_argument_group("run")
     run.add_argument("--epochs", type=int, default=4, help="epochs")
     run.add_argument("--batch-size", type=int, default=128, help="batch size")
@@ -176,7 +195,32 @@ def build_optimizer(args: argparse.Namespace, schedule: Any) -> optax.GradientTr
     elif name == "rmsprop" and args.momentum > 0:
         kwargs["momentum"] = args.momentum
     stages.append(optimizers.get(name, schedule, **kwargs))
+    if getattr(args, "gradient_health", False):
+        # First and last, so they see the raw gradient and the update applied.
+        stages = [gradient_health(), *stages, update_health()]
     return optax.chain(*stages) if len(stages) > 1 else stages[0]
+
+
+def build_epoch_tricks(args: argparse.Namespace) -> dict[str, Any]:
+    """``fit``'s early_stopping, averaging and monitor from the flags."""
+    if args.ema is not None and args.swa_start is not None:
+        raise ValueError("--ema and --swa-start are two averages: give one of them")
+    tricks: dict[str, Any] = {}
+    if args.early_stopping is not None:
+        if args.early_stopping < 1:
+            raise ValueError(f"--early-stopping must be >= 1, got {args.early_stopping}")
+        mode = "max" if args.monitor.endswith("accuracy") else "min"
+        tricks["early_stopping"] = early_stopping(patience=args.early_stopping, mode=mode)
+        tricks["monitor"] = args.monitor
+    if args.ema is not None:
+        if not 0 <= args.ema <= 1:
+            raise ValueError(f"--ema must be in [0, 1], got {args.ema}")
+        tricks["averaging"] = ema_params(args.ema)
+    if args.swa_start is not None:
+        if args.swa_start < 1:
+            raise ValueError(f"--swa-start must be >= 1, got {args.swa_start}")
+        tricks["averaging"] = swa_params(start=args.swa_start)
+    return tricks
 
 
 def scale_inputs(args: argparse.Namespace, train: np.ndarray, test: np.ndarray):
@@ -219,6 +263,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not 0 <= args.warmup_epochs < math.inf:
             raise ValueError(f"--warmup-epochs must be finite and >= 0, got {args.warmup_epochs}")
         checkpoints = _checkpoint_arguments(args)
+        epoch_tricks = build_epoch_tricks(args)
         mesh = build_mesh(args)
         dataset = load(args.dataset, args.data_dir)
     except (ValueError, DatasetNotFoundError) as err:
@@ -275,6 +320,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         out_dir=None,
         callbacks=[stamp_elapsed],
         **checkpoints,
+        **epoch_tricks,
     )
     history["header"]["wall_time_s"] = time.perf_counter() - started
     history["header"]["arguments"] = {
@@ -287,6 +333,16 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from jaxtricks.cli.plots import plot_history
 
         plot_history(history, os.path.join(args.out, "curves.png"))
+        if args.gradient_health:
+            from jaxtricks.cli.diagnostics_plot import plot_gradient_norms
+
+            plot_gradient_norms(
+                [record["health"]["module_grad_norms"] for record in history["epochs"]],
+                os.path.join(args.out, "gradient_norms.png"),
+                steps=[record["epoch"] for record in history["epochs"]],
+                title="gradient norm per layer at each epoch's last step",
+                xlabel="epoch",
+            )
     _print_summary(history, path)
     return 0
 

@@ -21,6 +21,7 @@ from jaxtricks.training.epochs import (
     zero_totals,
 )
 from jaxtricks.training.fit import fit, write_history
+from jaxtricks.training.health_log import health_record
 from jaxtricks.training.sharding import (
     batch_sharding,
     make_mesh,
@@ -56,6 +57,7 @@ __all__ = [
     "evaluate_ensemble",
     "fit",
     "fit_ensemble",
+    "health_record",
     "make_ensemble_train_step",
     "make_eval_step",
     "make_mesh",

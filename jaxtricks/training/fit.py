@@ -35,6 +35,7 @@ from jaxtricks.training.epochs import (
     run_epoch,
 )
 from jaxtricks.training.fit_tricks import _run_epoch_tricks
+from jaxtricks.training.health_log import health_record
 from jaxtricks.training.sharding import (
     _check_divisible,
     replicate,
@@ -207,6 +208,10 @@ def fit(
         plateau_scale (the scale used during the epoch); with ``early_stopping`` also
         epochs_without_improvement, and ``history["early_stopping"]`` holds monitor,
         best_epoch, best_metric, stopped_epoch (None if it never stopped) and restored_best.
+        When the optimizer holds :func:`~jaxtricks.tricks.diagnostics.gradient_health` and/or
+        :func:`~jaxtricks.tricks.diagnostics.update_health`, each record also holds ``health``:
+        their per-module norms, ratios and flags at the epoch's last applied step
+        (:func:`~jaxtricks.training.health_log.health_record`).
 
     Example:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
@@ -404,6 +409,9 @@ def fit(
             "skipped_steps": int(totals["skipped"]),
             "runner": epoch_runner.name,
         }
+        health = health_record(state.opt_state)
+        if health is not None:
+            record["health"] = health
         state, stop_early = tricks.after_epoch(state, record) if tricks else (state, False)
         history["epochs"].append(record)
         if bar:

@@ -105,6 +105,28 @@ def test_the_per_epoch_schedule_decays_by_the_factor(fake_mnist, tmp_path):
     assert rates == pytest.approx([0.01, 0.005])
 
 
+def test_gradient_health_is_logged_per_epoch_and_plotted(fake_mnist, tmp_path):
+    metrics = _train(fake_mnist, tmp_path / "run", "--gradient-health", "--optimizer", "sgd",
+                     "--schedule", "constant", "--learning-rate", "0.05", "--no-batch-norm")
+    assert (tmp_path / "run" / "gradient_norms.png").read_bytes()[:4] == b"\x89PNG"
+    for record in metrics["epochs"]:
+        health = record["health"]
+        assert set(health["module_grad_norms"]) == {"Dense_0", "Dense_1", "head"}
+        # Plain SGD: the update is -η g, so every layer's update norm is η times its gradient's.
+        for name, norm in health["module_grad_norms"].items():
+            assert norm > 0
+            assert health["module_update_norms"][name] == pytest.approx(0.05 * norm, rel=1e-5)
+
+
+def test_early_stopping_and_an_average_from_the_command_line(fake_mnist, tmp_path):
+    metrics = _train(fake_mnist, tmp_path / "run", "--early-stopping", "1", "--monitor",
+                     "test_accuracy", "--ema", "0.5", "--epochs", "3")
+    assert metrics["early_stopping"]["monitor"] == "test_accuracy"
+    assert all(0 <= r["test_accuracy_averaged"] <= 1 for r in metrics["epochs"])
+    swa = _train(fake_mnist, tmp_path / "swa", "--swa-start", "2", "--no-plot")
+    assert all("test_loss_averaged" in r for r in swa["epochs"])
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
@@ -121,6 +143,10 @@ def test_the_per_epoch_schedule_decays_by_the_factor(fake_mnist, tmp_path):
         (["--devices", "two"], "--devices"),
         (["--devices", "1000"], "--devices"),
         (["--shard-optimizer-state"], "--shard-optimizer-state"),
+        (["--early-stopping", "0"], "--early-stopping"),
+        (["--ema", "1.5"], "--ema"),
+        (["--swa-start", "0"], "--swa-start"),
+        (["--ema", "0.9", "--swa-start", "2"], "--swa-start"),
     ],
 )
 def test_bad_flags_fail_with_a_message_naming_them(fake_mnist, tmp_path, capsys, flags, message):

@@ -246,8 +246,10 @@ def make_eval_step(
     """Builds the compiled evaluation step ``eval_step(state, batch) -> sums``.
 
     With per-example losses ℓ_i and mask m: loss_sum = Σ m_i ℓ_i,
-    correct = Σ m_i [argmax z_i = y_i], count = Σ m_i. The model runs with ``train=False``
-    (no dropout, running batch statistics) and the state is neither changed nor donated.
+    correct = Σ m_i [argmax z_i = y_i], count = Σ m_i, and with C logits per example
+    out_of_range = Σ m_i [y_i ∉ {0, ..., C − 1}] (such labels have no loss: see
+    :func:`evaluate`). The model runs with ``train=False`` (no dropout, running batch
+    statistics) and the state is neither changed nor donated.
 
     Args:
         model: a Flax Linen module called as ``model.apply(variables, x, train=False)``.
@@ -257,9 +259,10 @@ def make_eval_step(
     Returns:
         A ``jax.jit``-compiled function of ``state`` and ``batch``, where ``batch`` is
         ``(images, labels)`` or ``(images, labels, mask)`` with a boolean ``mask`` of shape
-        ``(B,)`` marking the rows to count. It returns ``loss_sum`` (float32), ``correct`` and
-        ``count`` (int32), device scalars that add up across batches. Equal (hashable) models
-        give the same function, so its compilations are reused.
+        ``(B,)`` marking the rows to count. It returns ``loss_sum`` (float32), ``correct``,
+        ``count`` and ``out_of_range`` (int32), device scalars that add up across batches, and
+        ``classes`` (int32, C). Equal (hashable) models give the same function, so its
+        compilations are reused.
 
     Example:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
@@ -293,10 +296,14 @@ def _build_eval_step(model, mesh):
         logits = model.apply(_variables(state.params, state.batch_stats), images, train=False)
         losses = _per_example_loss(logits, labels)
         correct = (jnp.argmax(logits, axis=-1) == labels) & mask
+        classes = logits.shape[-1]
+        outside = ((labels < 0) | (labels >= classes)) & mask
         return {
             "loss_sum": jnp.sum(jnp.where(mask, losses, 0.0)),
             "correct": jnp.sum(correct, dtype=jnp.int32),
             "count": jnp.sum(mask, dtype=jnp.int32),
+            "out_of_range": jnp.sum(outside, dtype=jnp.int32),
+            "classes": jnp.asarray(classes, jnp.int32),
         }
 
     return jax.jit(eval_step)
@@ -311,7 +318,7 @@ def _eval_batch(eval_step, state, images, labels, start, batch_size, totals):
     mask = index < num_examples
     index = jnp.minimum(index, num_examples - 1)
     sums = eval_step(state, (images[index], labels[index], mask))
-    return jax.tree.map(jnp.add, totals, sums)
+    return {name: total + sums[name] for name, total in totals.items()}, sums["classes"]
 
 
 def evaluate(
@@ -338,6 +345,10 @@ def evaluate(
     Returns:
         ``{"loss": float, "accuracy": float}``.
 
+    Raises:
+        ValueError: some label is not in [0, C − 1] for the model's C logits (found on the
+            device while evaluating; such a label would make the loss NaN or wrong).
+
     Example:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
@@ -359,11 +370,17 @@ def evaluate(
         "loss_sum": jnp.zeros((), jnp.float32),
         "correct": jnp.zeros((), jnp.int32),
         "count": jnp.zeros((), jnp.int32),
+        "out_of_range": jnp.zeros((), jnp.int32),
     }
     for start in range(0, images.shape[0], batch_size):
-        totals = _eval_batch(eval_step, state, images, labels, start, batch_size, totals)
-    totals = jax.device_get(totals)
+        totals, classes = _eval_batch(eval_step, state, images, labels, start, batch_size, totals)
+    totals, classes = jax.device_get((totals, classes))
     count = int(totals["count"])
+    if totals["out_of_range"]:
+        raise ValueError(
+            f"labels must lie in [0, {classes - 1}] for a model with {classes} logits; "
+            f"{int(totals['out_of_range'])} of the {count} labels do not"
+        )
     return {
         "loss": float(totals["loss_sum"]) / count,
         "accuracy": int(totals["correct"]) / count,

@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtricks.tricks._checks import check_callable, check_positive, check_range
+from jaxtricks.tricks._checks import check_callable, check_int, check_range
 from jaxtricks.tricks.initializers import he_normal
 
 Initializer = Callable[..., jax.Array]
@@ -41,14 +41,7 @@ def check_sizes(name: str, sizes: Sequence[int]) -> None:
     if isinstance(sizes, str) or not isinstance(sizes, Sequence) or len(sizes) == 0:
         raise ValueError(f"{name} must be a non-empty sequence of positive ints, got {sizes!r}")
     for size in sizes:
-        check_positive_int(name, size)
-
-
-def check_positive_int(name: str, value: int) -> None:
-    """Raises ``ValueError`` unless ``value`` is a positive Python int."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    check_positive(name, value)
+        check_int(name, size, 1)
 
 
 def check_input(model: str, x: jax.Array, *, ndim: int | None, expected: str) -> None:
@@ -153,7 +146,7 @@ class Classifier(NormActModule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("num_classes", self.num_classes)
+        check_int("num_classes", self.num_classes, 1)
         check_range("dropout_rate", self.dropout_rate, 0.0, 1.0, high_open=True)
 
     def dropout(self, h: jax.Array, train: bool) -> jax.Array:

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from jaxtricks.models._blocks import Classifier, check_input, check_positive_int, check_sizes
+from jaxtricks.models._blocks import Classifier, check_input, check_sizes
+from jaxtricks.tricks._checks import check_int
 
 
 def _average_pool_2x2(h: jax.Array) -> jax.Array:
@@ -65,7 +66,7 @@ class CNN(Classifier):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_sizes("features", self.features)
-        check_positive_int("hidden", self.hidden)
+        check_int("hidden", self.hidden, 1)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

@@ -23,9 +23,9 @@ from jaxtricks.models._blocks import (
     Classifier,
     NormActModule,
     check_input,
-    check_positive_int,
     check_sizes,
 )
+from jaxtricks.tricks._checks import check_int
 
 
 class ResidualBlock(NormActModule):
@@ -56,8 +56,8 @@ class ResidualBlock(NormActModule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive_int("features", self.features)
-        check_positive_int("strides", self.strides)
+        check_int("features", self.features, 1)
+        check_int("strides", self.strides, 1)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -114,7 +114,7 @@ class ResNet(Classifier):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_sizes("stage_sizes", self.stage_sizes)
-        check_positive_int("width", self.width)
+        check_int("width", self.width, 1)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxtricks.training.steps import _check_int, _variables
+from jaxtricks.training.steps import _variables
+from jaxtricks.tricks._checks import check_int
 
 # The collection the recorded moments are sown into; private to this module.
 _MOMENTS = "recomputed_batch_moments"
@@ -159,7 +160,7 @@ def recompute_batch_stats(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a flax.linen.Module, got {type(model).__name__}")
-    batch_size = _check_int("batch_size", batch_size, low=1)
+    batch_size = check_int("batch_size", batch_size, low=1)
     if not batch_stats_template:
         return batch_stats_template
     images = jnp.asarray(images)

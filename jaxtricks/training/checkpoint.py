@@ -32,7 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxtricks.training.epochs import zero_totals
-from jaxtricks.training.steps import _check_int
+from jaxtricks.tricks._checks import check_int
 
 # Bumped when the layout of the metadata changes; a checkpoint of another format is refused.
 FORMAT = 1
@@ -78,7 +78,7 @@ class CheckpointManager:
         if not isinstance(directory, str | os.PathLike):
             raise ValueError(f"directory must be a path, got {directory!r}")
         self.directory = os.path.abspath(os.fspath(directory))
-        self.max_to_keep = _check_int("max_to_keep", max_to_keep, low=1)
+        self.max_to_keep = check_int("max_to_keep", max_to_keep, low=1)
 
     def _orbax(self, *, writing: bool) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(
@@ -119,7 +119,7 @@ class CheckpointManager:
         Returns:
             The checkpoint's directory.
         """
-        step = _check_int("step", step, low=0)
+        step = check_int("step", step, low=0)
         metadata = {} if metadata is None else metadata
         if not isinstance(metadata, dict):
             raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
@@ -440,10 +440,10 @@ def _run_checkpoints(
     """Checks ``fit``'s checkpoint arguments (named as ``fit`` names them); the run's
     checkpoints, or None without a ``checkpoint_dir``."""
     if every_steps is not None:
-        _check_int("checkpoint_every_steps", every_steps, low=1)
+        check_int("checkpoint_every_steps", every_steps, low=1)
     if every_epochs is not None:
-        _check_int("checkpoint_every_epochs", every_epochs, low=1)
-    _check_int("keep_checkpoints", keep, low=1)
+        check_int("checkpoint_every_epochs", every_epochs, low=1)
+    check_int("keep_checkpoints", keep, low=1)
     if not isinstance(resume, bool):
         raise ValueError(f"resume must be a bool, got {resume!r}")
     if checkpoint_dir is None:

@@ -51,7 +51,8 @@ from jaxtricks.training.state import (
     _shared,
     create_train_state,
 )
-from jaxtricks.training.steps import _check_int, _check_split, _variables, make_train_step
+from jaxtricks.training.steps import _check_split, _variables, make_train_step
+from jaxtricks.tricks._checks import check_int
 
 __all__ = [
     "create_ensemble",
@@ -201,7 +202,7 @@ def ensemble_member(states: TrainState, index: int) -> TrainState:
       (5, 3)
     """
     size = jax.tree.leaves(states)[0].shape[0]
-    index = _check_int("index", index, low=-size, high=size - 1)
+    index = check_int("index", index, low=-size, high=size - 1)
     return jax.tree.map(lambda leaf: leaf[index], states)
 
 
@@ -362,7 +363,7 @@ def evaluate_ensemble(
     """
     _check_model(model)
     images, labels = _check_split("images", images, "labels", labels)
-    batch_size = min(_check_int("batch_size", batch_size, low=1), images.shape[0])
+    batch_size = min(check_int("batch_size", batch_size, low=1), images.shape[0])
     images = jnp.asarray(images)
     labels = jnp.asarray(labels, jnp.int32)
     totals = None
@@ -509,11 +510,11 @@ def fit_ensemble(
             f"got {test_images.shape[1:]}"
         )
     num_train = train_images.shape[0]
-    num_members = _check_int("num_members", num_members, low=1)
-    epochs = _check_int("epochs", epochs, low=1)
-    batch_size = _check_int("batch_size", batch_size, low=1, high=num_train)
-    seed = _check_int("seed", seed, low=0)
-    eval_batch_size = _check_int("eval_batch_size", eval_batch_size, low=1)
+    num_members = check_int("num_members", num_members, low=1)
+    epochs = check_int("epochs", epochs, low=1)
+    batch_size = check_int("batch_size", batch_size, low=1, high=num_train)
+    seed = check_int("seed", seed, low=0)
+    eval_batch_size = check_int("eval_batch_size", eval_batch_size, low=1)
     for name, flag in (("shared_init", shared_init), ("skip_nonfinite", skip_nonfinite)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}")

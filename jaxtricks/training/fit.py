@@ -49,7 +49,6 @@ from jaxtricks.training.state import (
     create_train_state,
 )
 from jaxtricks.training.steps import (
-    _check_int,
     _check_sharding_arguments,
     _check_split,
     _variables,
@@ -57,7 +56,7 @@ from jaxtricks.training.steps import (
     make_eval_step,
     make_train_step,
 )
-from jaxtricks.tricks._checks import check_choice, check_nonnegative, resolve
+from jaxtricks.tricks._checks import check_choice, check_int, check_nonnegative, resolve
 from jaxtricks.tricks.averaging import ParamAveraging
 from jaxtricks.tricks.early_stopping import EarlyStopping
 from jaxtricks.tricks.plateau import ReduceOnPlateau
@@ -240,10 +239,10 @@ def fit(
             f"got {test_images.shape[1:]}"
         )
     num_train = train_images.shape[0]
-    epochs = _check_int("epochs", epochs, low=1)
-    batch_size = _check_int("batch_size", batch_size, low=1, high=num_train)
-    seed = _check_int("seed", seed, low=0)
-    chunk_steps = _check_int("chunk_steps", chunk_steps, low=1)
+    epochs = check_int("epochs", epochs, low=1)
+    batch_size = check_int("batch_size", batch_size, low=1, high=num_train)
+    seed = check_int("seed", seed, low=0)
+    chunk_steps = check_int("chunk_steps", chunk_steps, low=1)
     check_choice("runner", runner, ("auto", *RUNNERS))
     if learning_rate is not None and not callable(learning_rate):
         check_nonnegative("learning_rate", learning_rate)

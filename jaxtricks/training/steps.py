@@ -37,6 +37,7 @@ from jaxtricks.training.sharding import (
     train_state_sharding,
 )
 from jaxtricks.training.state import TrainState, _check_model, _check_optimizer, _shared
+from jaxtricks.tricks._checks import check_int
 from jaxtricks.tricks.tree import all_finite
 
 Batch = tuple[jax.Array, ...]
@@ -53,16 +54,6 @@ def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
 def _per_example_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     # float32 so that a model computing in bfloat16 still gets an accurate log-softmax.
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    """Returns ``value`` as an int; ``ValueError`` naming it unless an integer in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {bounds}, got {value}")
-    return int(value)
 
 
 def _check_split(
@@ -362,7 +353,7 @@ def evaluate(
         >>> sorted(result), result["accuracy"] in (0.0, 1.0)
         (['accuracy', 'loss'], True)
     """
-    batch_size = _check_int("batch_size", batch_size, low=1)
+    batch_size = check_int("batch_size", batch_size, low=1)
     images, labels = _check_split("images", images, "labels", labels)
     images = jnp.asarray(images)
     labels = jnp.asarray(labels, dtype=jnp.int32)

@@ -85,6 +85,22 @@ def check_range(
     return value
 
 
+def check_int(
+        name: str, value: Any, low: int, high: int | None = None, *, why: str = ""
+) -> int:
+    """``value`` as a Python int; ``ValueError`` naming it unless an integer in [low, high].
+
+    Integers only: a bool, a float (even ``3.0``) or an array is refused. ``why`` is added to
+    the message after the bounds, e.g. ``" (steps per epoch)"``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be an integer {bounds}{why}, got {value!r}")
+    return int(value)
+
+
 def check_positive(name: str, value: Any) -> Any:
     """``value > 0`` (finite)."""
     return check_range(name, value, 0.0, math.inf, low_open=True, high_open=True)

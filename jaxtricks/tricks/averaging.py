@@ -40,8 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import check_range, resolve
-from jaxtricks.tricks.early_stopping import _check_count
+from jaxtricks.tricks._checks import check_int, check_range, resolve
 from jaxtricks.tricks.tree import check_float_leaves, check_same_structure
 
 
@@ -162,8 +161,8 @@ def swa_params(start: int = 1, every: int = 1) -> ParamAveraging:
       >>> swa.averaged(state).tolist(), int(state.num_averaged)
       ([2.0], 2)
     """
-    start = _check_count("start", start, 1)
-    every = _check_count("every", every, 1)
+    start = check_int("start", start, 1)
+    every = check_int("every", every, 1)
 
     def init_fn(params):
         check_float_leaves("params", params)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtricks.tricks._checks import check_choice, check_nonnegative, check_range
+from jaxtricks.tricks._checks import check_choice, check_int, check_nonnegative, check_range
 from jaxtricks.tricks.tree import check_same_structure
 
 MODES = ("min", "max")
@@ -55,13 +55,6 @@ class EarlyStopping(NamedTuple):
 
     init: Callable[..., EarlyStoppingState]  # (params, batch_stats=None) -> state
     update: Callable[..., EarlyStoppingState]  # (state, metric, params=None, batch_stats=None)
-
-
-def _check_count(name: str, value: Any, minimum: int) -> int:
-    """Raises ``ValueError`` unless ``value`` is an integer ``>= minimum``; returns it as int."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _improves(metric: jax.Array, reference: jax.Array, min_delta: Any, mode: str) -> jax.Array:
@@ -121,12 +114,12 @@ def early_stopping(
       >>> float(state.best_metric), float(state.best_params["w"])
       (1.0, 2.0)
     """
-    patience = _check_count("patience", patience, 1)
+    patience = check_int("patience", patience, 1)
     check_nonnegative("min_delta", min_delta)
     check_choice("mode", mode, MODES)
     if baseline is not None:
         check_range("baseline", baseline)
-    start_from_epoch = _check_count("start_from_epoch", start_from_epoch, 0)
+    start_from_epoch = check_int("start_from_epoch", start_from_epoch, 0)
     if not isinstance(restore_best, bool):
         raise ValueError(f"restore_best must be a bool, got {restore_best!r}")
 

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import check_choice, check_nonnegative, check_range
-from jaxtricks.tricks.early_stopping import MODES, _as_metric, _check_count, _improves
+from jaxtricks.tricks._checks import check_choice, check_int, check_nonnegative, check_range
+from jaxtricks.tricks.early_stopping import MODES, _as_metric, _improves
 
 
 class PlateauState(NamedTuple):
@@ -89,10 +89,10 @@ def reduce_on_plateau(
       (0.25, 0)
     """
     check_range("factor", factor, 0.0, 1.0, low_open=True, high_open=True)
-    patience = _check_count("patience", patience, 1)
+    patience = check_int("patience", patience, 1)
     check_choice("mode", mode, MODES)
     check_nonnegative("min_delta", min_delta)
-    cooldown = _check_count("cooldown", cooldown, 0)
+    cooldown = check_int("cooldown", cooldown, 0)
     check_range("min_scale", min_scale, 0.0, 1.0)
 
     def init_fn():

@@ -34,28 +34,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from jaxtricks.tricks._checks import (
     check_callable,
+    check_int,
     check_nonnegative,
     check_positive,
     check_range,
 )
 
 Schedule = Callable[[ArrayLike], jax.Array]
-
-
-def _check_steps(name: str, value: Any, minimum: int, why: str = "") -> int:
-    """Raises ``ValueError`` unless ``value`` is an integer ``>= minimum``; returns it as int."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}{why}, got {value!r}")
-    return int(value)
 
 
 def _f32(value: ArrayLike) -> jax.Array:
@@ -147,8 +139,8 @@ def exponential_decay(
     """
     check_nonnegative("init_value", init_value)
     check_positive("decay_rate", decay_rate)
-    transition_steps = _check_steps("transition_steps", transition_steps, 1)
-    transition_begin = _check_steps("transition_begin", transition_begin, 0)
+    transition_steps = check_int("transition_steps", transition_steps, 1)
+    transition_begin = check_int("transition_begin", transition_begin, 0)
     if end_value is not None:
         check_nonnegative("end_value", end_value)
         bound = jnp.maximum if decay_rate < 1 else jnp.minimum
@@ -191,7 +183,7 @@ def per_epoch_decay(
       0.100000 0.098000 0.096040
     """
     check_range("factor", factor, 0.0, 1.0, low_open=True)
-    steps_per_epoch = _check_steps("steps_per_epoch", steps_per_epoch, 1)
+    steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
     return exponential_decay(init_value, factor, steps_per_epoch, staircase=True)
 
 
@@ -215,7 +207,7 @@ def step_decay(init_value: ArrayLike, step_size: int, gamma: ArrayLike = 0.1) ->
       1.0 0.5 0.25
     """
     check_range("gamma", gamma, 0.0, 1.0, low_open=True)
-    step_size = _check_steps("step_size", step_size, 1)
+    step_size = check_int("step_size", step_size, 1)
     return exponential_decay(init_value, gamma, step_size, staircase=True)
 
 
@@ -247,7 +239,7 @@ def cosine_decay(
       1.00 0.55 0.10 0.10
     """
     check_nonnegative("init_value", init_value)
-    decay_steps = _check_steps("decay_steps", decay_steps, 1)
+    decay_steps = check_int("decay_steps", decay_steps, 1)
     check_range("alpha", alpha, 0.0, 1.0)
     check_positive("exponent", exponent)
 
@@ -290,7 +282,7 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     previous = 0
     for i, boundary in enumerate(boundaries):
         why = f" (strictly increasing, after {previous})" if i else ""
-        previous = _check_steps(f"boundaries[{i}]", boundary, previous + 1, why)
+        previous = check_int(f"boundaries[{i}]", boundary, previous + 1, why=why)
 
     def schedule(count: ArrayLike) -> jax.Array:
         count = jnp.asarray(count)
@@ -333,9 +325,12 @@ def warmup_cosine(
     """
     check_nonnegative("init_value", init_value)
     check_nonnegative("peak_value", peak_value)
-    warmup_steps = _check_steps("warmup_steps", warmup_steps, 1)
-    decay_steps = _check_steps(
-        "decay_steps", decay_steps, warmup_steps + 1, " (warmup_steps + 1: it counts the warm-up)"
+    warmup_steps = check_int("warmup_steps", warmup_steps, 1)
+    decay_steps = check_int(
+        "decay_steps",
+        decay_steps,
+        warmup_steps + 1,
+        why=" (warmup_steps + 1: it counts the warm-up)",
     )
     check_range("end_value", end_value, 0.0, float(peak_value))
     # end_value <= peak_value, so a zero peak forces a zero end and any alpha would do.
@@ -374,7 +369,7 @@ def piecewise_constant(
     check_nonnegative("init_value", init_value)
     pieces = []
     for boundary, scale in dict(boundaries_and_scales).items():
-        boundary = _check_steps("boundaries_and_scales boundary", boundary, 0)
+        boundary = check_int("boundaries_and_scales boundary", boundary, 0)
         pieces.append((boundary, check_nonnegative(f"boundaries_and_scales[{boundary}]", scale)))
     pieces.sort(key=lambda piece: piece[0])
 
@@ -419,7 +414,7 @@ def one_cycle(
       >>> print(f"{schedule(0):.2f} {schedule(25):.2f} {schedule(100):.6f}")
       0.10 1.00 0.000010
     """
-    transition_steps = _check_steps("transition_steps", transition_steps, 2)
+    transition_steps = check_int("transition_steps", transition_steps, 2)
     check_nonnegative("peak_value", peak_value)
     check_range("pct_start", pct_start, 0.0, 1.0, low_open=True, high_open=True)
     check_range("div_factor", div_factor, 1.0, math.inf, high_open=True)

@@ -269,3 +269,24 @@ def test_traced_values_pass_through_unchecked(build, bad):
 
     shapes = jax.eval_shape(step, jnp.float32(bad))
     assert shapes["w"].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high", "message"),
+    [
+        (True, 0, None, "must be an integer, got True"),
+        (3.0, 0, None, "must be an integer, got 3.0"),
+        (np.ones(1, np.int32), 0, None, "must be an integer"),
+        (0, 1, None, r"must be an integer >= 1, got 0"),
+        (9, 1, 8, r"must be an integer in \[1, 8\], got 9"),
+    ],
+)
+def test_check_int_refuses_non_integers_and_out_of_range(value, low, high, message):
+    with pytest.raises(ValueError, match=f"n {message}"):
+        _checks.check_int("n", value, low, high)
+
+
+def test_check_int_returns_a_python_int_and_adds_why():
+    assert type(_checks.check_int("n", np.int64(5), 0)) is int
+    with pytest.raises(ValueError, match=r"n must be an integer >= 2 \(two at least\), got 1"):
+        _checks.check_int("n", 1, 2, why=" (two at least)")

@@ -1,18 +1,30 @@
-"""MNIST training throughput: jaxtricks' ``fit`` against a plain Flax-plus-Optax loop.
+"""MNIST training throughput: jaxtricks' ``fit`` vs a plain Flax-plus-Optax loop vs PyTorch.
 
-Both train the same Linen module with the same optimizer and batch size on the same real MNIST
-images, in one process, alternating repeats. The baseline is the loop of the Flax MNIST
-example: ``flax.training.train_state.TrainState``, a ``jax.jit`` step, and each batch sliced
-from host memory by a NumPy permutation. jaxtricks' figure is the epoch time ``fit`` reports
-(compilation and evaluation excluded); the baseline's excludes its first (compiling) step.
+All three train the same CNN (:class:`jaxtricks.models.CNN`; PyTorch's twin is
+:func:`benchmarks.torch_baseline.cnn`) with the same optimizer and batch size on the same real
+MNIST images, in one process, interleaved: each repeat runs jaxtricks, then the Flax loop, then
+PyTorch (when it is installed), so that a change in the machine's load hits all three alike.
+The Flax baseline is the loop of the Flax MNIST example: ``flax.training.train_state.TrainState``,
+a ``jax.jit`` step, and each batch sliced from host memory by a NumPy permutation. jaxtricks'
+figure is the epoch time ``fit`` reports (compilation and evaluation excluded); the Flax loop's
+and PyTorch's exclude their first (compiling, warming) step. PyTorch runs on
+``os.cpu_count()`` intra-op threads unless ``--torch-threads`` says otherwise (on a machine
+shared with other jobs one thread can be much faster than two).
 
-    python -m benchmarks.train_throughput [--steps 100] [--repeats 3] [--config default]
+    python -m benchmarks.train_throughput [--steps 100] [--repeats 3] [--config all] [--quick]
+        [--torch-threads N] [--no-torch]
+
+Prints one JSON line per configuration (images/s: median, min, max, spread of the repeats; the
+ratios jaxtricks / Flax and jaxtricks / PyTorch per repeat) and a table on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -22,6 +34,7 @@ import optax
 from flax.training import train_state
 
 import jaxtricks as jt
+from benchmarks import torch_baseline
 from benchmarks.common import emit, machine, mnist, summarize, table
 from jaxtricks.models import CNN
 from jaxtricks.training import fit
@@ -32,12 +45,14 @@ CONFIGS = {
         model=dict(use_batch_norm=False, dropout_rate=0.0),
         optimizer=lambda: jt.momentum(0.1, 0.9),
         reference=lambda: optax.sgd(0.1, momentum=0.9),
+        torch_optimizer=lambda torch, params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
     ),
     # The command line's defaults: batch norm, dropout 0.1, Adam.
     "default": dict(
         model=dict(use_batch_norm=True, dropout_rate=0.1),
         optimizer=lambda: jt.adam(2e-3),
         reference=lambda: optax.adam(2e-3),
+        torch_optimizer=lambda torch, params: torch.optim.Adam(params, lr=2e-3),
     ),
 }
 
@@ -81,7 +96,7 @@ def _plain_loop(model: nn.Module, tx, images, labels, batch_size, steps, seed) -
 
 
 def _jaxtricks_fit(model, tx, images, labels, test_images, test_labels, batch_size, runner, seed):
-    """Images per second of ``fit`` for one epoch over ``images``, and its compile time."""
+    """Images per second of ``fit`` for one epoch over ``images``, and its history header."""
     _, history = fit(
         model, tx, images, labels, test_images, test_labels,
         epochs=1, batch_size=batch_size, seed=seed, runner=runner, progress=False,
@@ -89,29 +104,66 @@ def _jaxtricks_fit(model, tx, images, labels, test_images, test_labels, batch_si
     return history["epochs"][0]["images_per_s"], history["header"]
 
 
-def main() -> None:
+def _torch_run(config, images, labels, batch_size, steps, seed) -> float:
+    """Images per second of the PyTorch twin over ``steps`` steps after one warm-up."""
+    import torch
+
+    model = torch_baseline.cnn(**config["model"], seed=seed)
+    optimizer = config["torch_optimizer"](torch, model.parameters())
+    rate, _ = torch_baseline.train_images_per_s(
+        model, optimizer, images, labels, batch_size, steps, seed
+    )
+    return rate
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Runs the benchmark; returns the records it printed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=100, help="training steps per measurement")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--config", choices=(*CONFIGS, "all"), default="all")
     parser.add_argument("--runner", choices=("loop", "scan", "auto"), default="loop")
-    args = parser.parse_args()
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
+    parser.add_argument(
+        "--torch-threads", type=int, default=os.cpu_count(),
+        help="PyTorch intra-op threads (default: os.cpu_count())",
+    )
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="a few steps, one repeat, a small test split: checks the benchmark runs, not speed",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeats = min(args.steps, 4), 1
+    if min(args.steps, args.batch_size, args.repeats, args.torch_threads) < 1:
+        raise ValueError(
+            f"--steps, --batch-size, --repeats and --torch-threads must be >= 1, got "
+            f"{args.steps}, {args.batch_size}, {args.repeats}, {args.torch_threads}"
+        )
+    use_torch = torch_baseline.available() and not args.no_torch
 
     images, labels, test_images, test_labels = mnist(
-        train_examples=(args.steps + 1) * args.batch_size, test_examples=1024
+        train_examples=(args.steps + 1) * args.batch_size, test_examples=256 if args.quick else 1024
     )
-    info = machine()
-    rows = []
+    info = machine() | {"torch": torch_baseline.version() if use_torch else None}
+    if use_torch:
+        import torch
+
+        info["torch_threads"] = torch_baseline.set_threads(args.torch_threads)
+        torch_images = torch_baseline.to_nchw(images)
+        torch_labels = torch.from_numpy(labels.astype(np.int64))
+    info["load_average_1min"] = os.getloadavg()[0]
+    train_n = args.steps * args.batch_size
+    records, rows = [], []
     for name in CONFIGS if args.config == "all" else [args.config]:
         config = CONFIGS[name]
         model = CNN(**config["model"])
-        ours, theirs, header = [], [], None
+        ours, theirs, torch_rates, header = [], [], [], None
         for repeat in range(args.repeats):
             rate, header = _jaxtricks_fit(
-                model, config["optimizer"](), images[: args.steps * args.batch_size],
-                labels[: args.steps * args.batch_size], test_images, test_labels,
-                args.batch_size, args.runner, repeat,
+                model, config["optimizer"](), images[:train_n], labels[:train_n],
+                test_images, test_labels, args.batch_size, args.runner, repeat,
             )
             ours.append(rate)
             theirs.append(
@@ -120,6 +172,12 @@ def main() -> None:
                     repeat,
                 )
             )
+            if use_torch:
+                torch_rates.append(
+                    _torch_run(
+                        config, torch_images, torch_labels, args.batch_size, args.steps, repeat
+                    )
+                )
         record = {
             "benchmark": "train_throughput",
             "config": name,
@@ -128,16 +186,31 @@ def main() -> None:
             "runner": header["runner"],
             "jaxtricks_images_per_s": summarize(ours),
             "flax_optax_images_per_s": summarize(theirs),
+            "torch_images_per_s": summarize(torch_rates) if use_torch else None,
             "ratio": summarize([a / b for a, b in zip(ours, theirs, strict=True)]),
+            "ratio_vs_torch": (
+                summarize([a / b for a, b in zip(ours, torch_rates, strict=True)])
+                if use_torch else None
+            ),
             "jaxtricks_compile_time_s": header["compile_time_s"],
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             **info,
+            "load_average_1min_end": os.getloadavg()[0],
         }
         emit(record)
+        records.append(record)
         rows.append([
             name, header["runner"], record["jaxtricks_images_per_s"]["median"],
-            record["flax_optax_images_per_s"]["median"], record["ratio"]["median"],
+            record["flax_optax_images_per_s"]["median"],
+            record["torch_images_per_s"]["median"] if use_torch else "-",
+            record["ratio"]["median"],
+            record["ratio_vs_torch"]["median"] if use_torch else "-",
         ])
-    table(rows, ["config", "runner", "jaxtricks img/s", "flax+optax img/s", "ratio"])
+    table(rows, [
+        "config", "runner", "jaxtricks img/s", "flax+optax img/s", "torch img/s",
+        "jt/flax", "jt/torch",
+    ])
+    return records
 
 
 if __name__ == "__main__":

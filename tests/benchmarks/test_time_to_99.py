@@ -1,0 +1,58 @@
+"""The time-to-99% benchmark runs on real MNIST and reports what it says (structure, not speed)."""
+
+import importlib
+import json
+import pathlib
+import sys
+
+import jax.numpy as jnp
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def time_to_99():
+    """``benchmarks.time_to_99`` from the repository root (see test_train_throughput)."""
+    sys.path.insert(0, str(ROOT))
+    package = sys.modules.get("benchmarks")
+    if package is not None and getattr(package, "__file__", None) is None:
+        del sys.modules["benchmarks"]
+    try:
+        yield importlib.import_module("benchmarks.time_to_99")
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+def test_eval_batches_must_divide_the_split(time_to_99):
+    with pytest.raises(ValueError, match="divide 10"):
+        time_to_99._whole_split_accuracy(None, jnp.zeros((10, 2)), jnp.zeros(10, jnp.int32), 3)
+
+
+def test_bad_target_is_refused(time_to_99):
+    with pytest.raises(ValueError, match="--target"):
+        time_to_99.main(["--target", "1.5"])
+
+
+@pytest.mark.slow
+def test_quick_run_stops_at_the_target(time_to_99, capsys):
+    records = time_to_99.main(["--quick", "--seeds", "3", "7"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == json.loads(json.dumps(records))
+    (record,) = records  # --quick keeps one seed
+    assert record["seed"] == 3 and record["target"] == 0.5
+    assert record["train_examples"] == 2048 and record["test_examples"] == 1000
+    steps = [point[0] for point in record["curve"]]
+    accuracies = [point[2] for point in record["curve"]]
+    assert steps == list(range(4, 4 * len(steps) + 1, 4)) and steps[-1] == record["step"]
+    assert record["test_accuracy"] == accuracies[-1]
+    assert record["best_test_accuracy"] == max(accuracies)
+    # Reached means the last check was the first at or above the target, and nothing before.
+    if record["reached"]:
+        assert accuracies[-1] >= 0.5 and all(a < 0.5 for a in accuracies[:-1])
+    else:
+        assert record["step"] == 16 and all(a < 0.5 for a in accuracies)
+    parts = record["setup_s"] + record["compile_s"] + record["train_s"] + record["eval_s"]
+    assert 0 < record["compile_train_s"] <= record["compile_s"]
+    assert parts <= record["wall_s"] < parts + 5
+    assert record["images_per_s"] == pytest.approx(128 * record["step"] / record["train_s"])

@@ -1,6 +1,6 @@
 """Layer 1, pure JAX: initializers, gradient transformations, optimizers, schedules, scaling."""
 
-from jaxtricks.tricks import initializers, optimizers, preprocessing, schedules
+from jaxtricks.tricks import flat, initializers, optimizers, preprocessing, schedules
 from jaxtricks.tricks.adaptive import (
     AdagradState,
     AdamState,
@@ -28,6 +28,7 @@ from jaxtricks.tricks.diagnostics import (
     update_health,
 )
 from jaxtricks.tricks.early_stopping import EarlyStopping, EarlyStoppingState, early_stopping
+from jaxtricks.tricks.flat import FlatLayout, FlatState, flat_params, flatten_by_dtype
 from jaxtricks.tricks.initializers import (
     gaussian,
     glorot_normal,
@@ -105,6 +106,8 @@ __all__ = [
     "EarlyStopping",
     "EarlyStoppingState",
     "EmaParamsState",
+    "FlatLayout",
+    "FlatState",
     "GradientHealthState",
     "MinMaxStats",
     "MomentumState",
@@ -134,6 +137,9 @@ __all__ = [
     "exponential_decay",
     "fit_min_max",
     "fit_standardization",
+    "flat",
+    "flat_params",
+    "flatten_by_dtype",
     "gaussian",
     "get_health",
     "get_initializer",

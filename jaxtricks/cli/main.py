@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from jaxtricks.cli import train
+from jaxtricks.cli import experiment, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_arguments(train_parser)
     train_parser.set_defaults(run=train.run, parser=train_parser)
+    experiment_parser = commands.add_parser(
+        "experiment",
+        help="run an experiment that measures one claim of the lesson (or all of them)",
+        description=experiment.DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    experiment.add_arguments(experiment_parser)
+    experiment_parser.set_defaults(run=experiment.run, parser=experiment_parser)
     return parser
 
 

@@ -121,8 +121,9 @@ class _EpochTricks:
             self._stopping = states["early_stopping"]
         if "averaging" in states:
             self._average = states["averaging"]
-        self._first_epoch = summary["first_epoch"]
-        self._summary.update(summary["early_stopping"])
+        # A checkpoint of a run with no early stopping or averaging may carry no summary.
+        self._first_epoch = summary.get("first_epoch", self._first_epoch)
+        self._summary.update(summary.get("early_stopping", {}))
 
     def stopped(self) -> bool:
         """Whether early stopping has already asked to stop (in a run resumed after it did)."""

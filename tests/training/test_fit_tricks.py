@@ -253,3 +253,22 @@ def test_resuming_with_other_epoch_tricks_than_the_checkpoint_is_refused(tmp_pat
     assert CheckpointManager(tmp_path).steps() == [3]  # the checkpoint is kept
 
 
+
+
+def test_resuming_with_reduce_on_plateau_alone_equals_the_uninterrupted_run(tmp_path):
+    plateau = reduce_on_plateau(factor=0.5, patience=1, min_delta=NEVER)
+    optimizer = optax.chain(OPTIMIZER, scale_by_plateau(plateau))
+    expected_state, expected_history = run(optimizer, epochs=4, reduce_on_plateau=plateau)
+    run(optimizer, epochs=4, reduce_on_plateau=plateau, checkpoint_dir=tmp_path,
+        checkpoint_every_steps=2, keep_checkpoints=100)  # fmt: skip
+    manager = CheckpointManager(tmp_path)
+    for step in manager.steps():
+        if step > 5:  # inside epoch 2, after the plateau has halved the scale once
+            manager.delete(step)
+    state, history = run(optimizer, epochs=4, reduce_on_plateau=plateau, checkpoint_dir=tmp_path,
+                         checkpoint_every_steps=2, resume=True)  # fmt: skip
+    assert_trees_equal(state.params, expected_state.params)
+    assert_trees_equal(state.opt_state, expected_state.opt_state)
+    assert [r["plateau_scale"] for r in history["epochs"]] == [
+        r["plateau_scale"] for r in expected_history["epochs"]
+    ]

@@ -51,7 +51,7 @@ from jaxtricks.training.state import (
     _shared,
     create_train_state,
 )
-from jaxtricks.training.steps import _check_split, _variables, make_train_step
+from jaxtricks.training.steps import _check_split, _check_train_test, _variables, make_train_step
 from jaxtricks.tricks._checks import check_int
 
 __all__ = [
@@ -500,15 +500,9 @@ def fit_ensemble(
     """
     _check_model(model)
     _check_optimizer(optimizer)
-    train_images, train_labels = _check_split(
-        "train_images", train_images, "train_labels", train_labels
+    train_images, train_labels, test_images, test_labels = _check_train_test(
+        train_images, train_labels, test_images, test_labels
     )
-    test_images, test_labels = _check_split("test_images", test_images, "test_labels", test_labels)
-    if test_images.shape[1:] != train_images.shape[1:]:
-        raise ValueError(
-            f"test_images must have the training images' feature shape {train_images.shape[1:]}, "
-            f"got {test_images.shape[1:]}"
-        )
     num_train = train_images.shape[0]
     num_members = check_int("num_members", num_members, low=1)
     epochs = check_int("epochs", epochs, low=1)

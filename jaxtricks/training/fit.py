@@ -50,7 +50,7 @@ from jaxtricks.training.state import (
 )
 from jaxtricks.training.steps import (
     _check_sharding_arguments,
-    _check_split,
+    _check_train_test,
     _variables,
     evaluate,
     make_eval_step,
@@ -229,15 +229,9 @@ def fit(
     """
     _check_model(model)
     _check_optimizer(optimizer)
-    train_images, train_labels = _check_split(
-        "train_images", train_images, "train_labels", train_labels
+    train_images, train_labels, test_images, test_labels = _check_train_test(
+        train_images, train_labels, test_images, test_labels
     )
-    test_images, test_labels = _check_split("test_images", test_images, "test_labels", test_labels)
-    if test_images.shape[1:] != train_images.shape[1:]:
-        raise ValueError(
-            f"test_images must have the training images' feature shape {train_images.shape[1:]}, "
-            f"got {test_images.shape[1:]}"
-        )
     num_train = train_images.shape[0]
     epochs = check_int("epochs", epochs, low=1)
     batch_size = check_int("batch_size", batch_size, low=1, high=num_train)

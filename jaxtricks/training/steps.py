@@ -83,6 +83,23 @@ def _check_split(
     return images, labels
 
 
+def _check_train_test(
+        train_images: Any, train_labels: Any, test_images: Any, test_labels: Any
+) -> tuple[Any, Any, Any, Any]:
+    """Checks the training and test splits (see :func:`_check_split`) and that their images
+    share a feature shape; returns the four as arrays. Errors name the argument."""
+    train_images, train_labels = _check_split(
+        "train_images", train_images, "train_labels", train_labels
+    )
+    test_images, test_labels = _check_split("test_images", test_images, "test_labels", test_labels)
+    if test_images.shape[1:] != train_images.shape[1:]:
+        raise ValueError(
+            f"test_images must have the training images' feature shape {train_images.shape[1:]}, "
+            f"got {test_images.shape[1:]}"
+        )
+    return train_images, train_labels, test_images, test_labels
+
+
 def make_train_step(
         model: nn.Module,
         optimizer: optax.GradientTransformation,

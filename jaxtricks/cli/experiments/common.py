@@ -415,6 +415,7 @@ def fit_run(
         batch_size: int,
         log: Log,
         learning_rate: Any = None,
+        target_accuracy: float | None = None,
         return_state: bool = False,
         **fit_kwargs: Any,
 ) -> Any:
@@ -425,7 +426,9 @@ def fit_run(
         curves of :data:`CURVE_KEYS` plus ``train_time_s`` (cumulative training time at each
         epoch's end, evaluation and compilation excluded); the final numbers are the last
         epoch's test and train accuracy and loss, the best test accuracy, skipped steps,
-        compile and total training time. With ``return_state``, ``(run, state)``.
+        compile and total training time, and with ``target_accuracy`` the epochs it took the
+        test accuracy to reach it (:func:`epochs_to_target`). With ``return_state``,
+        ``(run, state)``.
     """
     from jaxtricks.training import fit
 
@@ -458,6 +461,8 @@ def fit_run(
         "compile_time_s": history["header"]["compile_time_s"],
         "train_time_s": curves["train_time_s"][-1],
     }
+    if target_accuracy is not None:
+        final["epochs_to_target"] = epochs_to_target(curves["test_accuracy"], target_accuracy)
     log(
         f"  {condition} seed {seed}: test accuracy {last['test_accuracy']:.4f}, "
         f"test loss {last['test_loss']:.4g}, {final['train_time_s']:.1f} s training"

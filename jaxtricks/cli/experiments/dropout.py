@@ -83,9 +83,7 @@ def run(config: dict[str, Any], seeds: list[int], log: common.Log) -> dict[str, 
                 epochs=config["epochs"],
                 batch_size=config["batch_size"],
                 log=log,
-            )
-            result["final"]["epochs_to_target"] = common.epochs_to_target(
-                result["curves"]["test_accuracy"], config["target_accuracy"]
+                target_accuracy=config["target_accuracy"],
             )
             runs.append(result)
     summary = common.summarize(runs)

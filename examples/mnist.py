@@ -11,8 +11,9 @@ import numpy as np
 import jaxtricks as jt
 from jaxtricks.data import load
 from jaxtricks.models import CNN
-from jaxtricks.training import fit
+from jaxtricks.training import configure_xla_cpu, fit
 
+configure_xla_cpu()  # XLA's fast CPU convolutions; must come before the first computation
 EPOCHS, BATCH = 4, 128
 
 data = load("mnist")

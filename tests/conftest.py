@@ -6,6 +6,11 @@ import jax
 import numpy as np
 import pytest
 
+from jaxtricks.training import configure_xla_cpu
+
+# The tests run with the XLA:CPU settings the command line uses; set before JAX starts.
+configure_xla_cpu()
+
 # Implicit promotion hides dtype bugs; every test runs with both made errors.
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from jaxtricks.cli import experiment, train
+from jaxtricks.training.xla_cpu import configure_xla_cpu
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parses ``argv`` and runs the chosen command; returns the exit status."""
+    """Parses ``argv`` and runs the chosen command; returns the exit status.
+
+    First of all it sets XLA's CPU flags for fast convolutions
+    (:func:`jaxtricks.training.configure_xla_cpu`), which must happen before JAX starts.
+    """
+    configure_xla_cpu()
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.run(args, args.parser)

@@ -1,5 +1,6 @@
 """Training: a checkpointable state, compiled train and eval steps, epoch runners, ``fit``,
-checkpoints, data-parallel sharding, ensembles and batch statistics for averaged weights."""
+checkpoints, data-parallel sharding, ensembles, batch statistics for averaged weights and the
+XLA:CPU settings for fast convolutional training."""
 
 from jaxtricks.training.averaging import recompute_batch_stats
 from jaxtricks.training.checkpoint import Checkpoint, CheckpointManager, DamagedCheckpointError
@@ -37,6 +38,7 @@ from jaxtricks.training.sharding import (
 )
 from jaxtricks.training.state import TrainState, create_train_state
 from jaxtricks.training.steps import evaluate, make_eval_step, make_train_step
+from jaxtricks.training.xla_cpu import configure_xla_cpu
 
 __all__ = [
     "RUNNERS",
@@ -48,6 +50,7 @@ __all__ = [
     "batch_sharding",
     "choose_runner",
     "compile_epoch_runner",
+    "configure_xla_cpu",
     "create_ensemble",
     "create_train_state",
     "ensemble_member",

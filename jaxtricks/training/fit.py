@@ -194,11 +194,12 @@ def fit(
     Returns:
         ``(state, history)``. ``history["header"]`` holds seed, batch_size, epochs,
         train_examples, test_examples, steps_per_epoch, backend, device_kind, device_count,
-        jax_version, runner_requested, runner, runner_step_time_s (seconds per step of each
-        runner when measured, else None), runner_cached, compile_time_s (compiling the chosen
-        runner, measured apart from training; near 0 when an earlier fit of an equal model and
-        the same optimizer object compiled it already), skip_nonfinite, data_parallel_devices
-        (D, 1 without a mesh) and shard_optimizer_state.
+        jax_version, xla_flags (``XLA_FLAGS``), runner_requested, runner, runner_step_time_s
+        (seconds per step of each runner when measured, else None), runner_cached,
+        compile_time_s (compiling the chosen runner, measured apart from training; near 0
+        when an earlier fit of an equal model and the same optimizer object compiled it
+        already), skip_nonfinite, data_parallel_devices (D, 1 without a mesh) and
+        shard_optimizer_state.
         ``history["epochs"]`` holds one record per epoch with epoch, step, train_loss,
         train_accuracy, train_grad_norm, test_loss, test_accuracy, learning_rate, epoch_time_s
         (training only), eval_time_s (the first epoch's includes compiling the evaluation),
@@ -329,6 +330,7 @@ def fit(
             "device_kind": device.device_kind,
             "device_count": jax.device_count(),
             "jax_version": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "runner_requested": runner,
             "runner": choice["runner"],
             "runner_step_time_s": choice["step_time_s"],

@@ -24,8 +24,8 @@ STEPS = len(TRAIN_IMAGES) // BATCH
 
 HEADER_KEYS = {
     "seed", "batch_size", "epochs", "train_examples", "test_examples", "steps_per_epoch",
-    "backend", "device_kind", "device_count", "jax_version", "runner_requested", "runner",
-    "runner_step_time_s", "runner_cached", "compile_time_s", "skip_nonfinite",
+    "backend", "device_kind", "device_count", "jax_version", "xla_flags", "runner_requested",
+    "runner", "runner_step_time_s", "runner_cached", "compile_time_s", "skip_nonfinite",
     "data_parallel_devices", "shard_optimizer_state",
 }  # fmt: skip
 EPOCH_KEYS = {

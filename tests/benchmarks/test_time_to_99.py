@@ -26,7 +26,7 @@ def time_to_99():
 
 def test_eval_batches_must_divide_the_split(time_to_99):
     with pytest.raises(ValueError, match="divide 10"):
-        time_to_99._whole_split_accuracy(None, jnp.zeros((10, 2)), jnp.zeros(10, jnp.int32), 3)
+        time_to_99._whole_split_correct(None, jnp.zeros((10, 2)), jnp.zeros(10, jnp.int32), 3)
 
 
 def test_bad_target_is_refused(time_to_99):
@@ -56,3 +56,19 @@ def test_quick_run_stops_at_the_target(time_to_99, capsys):
     assert 0 < record["compile_train_s"] <= record["compile_s"]
     assert parts <= record["wall_s"] < parts + 5
     assert record["images_per_s"] == pytest.approx(128 * record["step"] / record["train_s"])
+
+
+@pytest.mark.slow
+def test_a_fractional_cycle_ends_mid_epoch_and_checks_where_it_ends(time_to_99):
+    train_x, train_y, test_x, test_y = time_to_99.mnist(train_examples=2048, test_examples=1000)
+    recipe = dict(
+        model=dict(features=(4, 8), hidden=16, use_batch_norm=True), optimizer="adam",
+        peak_lr=4e-3, b1=0.9, batch_size=128, epochs=1.5, eval_every=5, eval_from=0,
+        runner="scan",
+    )
+    # 16 steps an epoch, a cycle of 24: checks every 5 steps, at the epoch's end (16) and where
+    # the cycle ends (24), which an unreachable target lets the run get to.
+    record = time_to_99.run(recipe, 0, train_x, train_y, test_x, test_y, target=1.01)
+    assert not record["reached"]
+    assert [point[0] for point in record["curve"]] == [5, 10, 15, 16, 20, 24]
+    assert record["step"] == 24 and record["epochs"] == 1.5

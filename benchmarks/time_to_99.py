@@ -48,9 +48,9 @@ RECIPES: dict[str, dict[str, Any]] = {
         eval_every=30,
     ),
     # The small net below on batch 128 and a cycle of 1.25 epochs: more steps, each cheaper
-    # per image on the CPU (3,800-4,700 training images/s against 3,000-3,800 at batch 256,
-    # in this benchmark's runs of docs/benchmarks.md). Seeds 0-3 crossed 99% at 0.98-1.24
-    # epochs; with features (8, 32) it was faster, but two of four seeds stopped at 98.9%.
+    # per image on the CPU (3,800-5,500 training images/s against 2,700-3,800 at batch 256,
+    # in this benchmark's runs of docs/benchmarks.md). Seeds 0-4 crossed 99% at 0.98-1.24
+    # epochs; with features (8, 32) it was faster, but two of four seeds ended below 99%.
     "fast": dict(
         model=dict(features=(16, 32), hidden=128, use_batch_norm=True),
         optimizer="adam", peak_lr=4e-3, b1=0.9, batch_size=128, epochs=1.25, eval_from=400,

@@ -5,12 +5,13 @@ All three train the same CNN (:class:`jaxtricks.models.CNN`; PyTorch's twin is
 MNIST images, in one process, interleaved: each repeat runs jaxtricks, then the Flax loop, then
 PyTorch (when it is installed), so that a change in the machine's load hits all three alike.
 The Flax baseline is the loop of the Flax MNIST example: ``flax.training.train_state.TrainState``,
-a ``jax.jit`` step, and each batch sliced from host memory by a NumPy permutation. jaxtricks'
-figure is the time ``fit`` reports for its second epoch (compilation, evaluation and the whole
-first epoch excluded, as warm-up); the Flax loop's and PyTorch's exclude their first (compiling,
-warming) step. PyTorch runs on
-``os.cpu_count()`` intra-op threads unless ``--torch-threads`` says otherwise (on a machine
-shared with other jobs one thread can be much faster than two).
+a ``jax.jit`` step, and each batch sliced from host memory by a NumPy permutation; its model is
+the same CNN with stock Flax layers (``flax.linen.BatchNorm``, not jaxtricks' faster one).
+jaxtricks' figure is the time ``fit`` reports for its second epoch (compilation, evaluation and
+the whole first epoch excluded, as warm-up); the Flax loop's and PyTorch's exclude their first
+(compiling, warming) step. PyTorch runs on ``os.cpu_count()`` intra-op threads unless
+``--torch-threads`` says otherwise (on a machine shared with other jobs one thread can be much
+faster than two).
 
     python -m benchmarks.train_throughput [--steps 100] [--repeats 3] [--config all] [--quick]
         [--torch-threads N] [--no-torch]
@@ -56,6 +57,12 @@ CONFIGS = {
         torch_optimizer=lambda torch, params: torch.optim.Adam(params, lr=2e-3),
     ),
 }
+
+
+class FlaxCNN(CNN):
+    """jaxtricks' CNN with stock ``flax.linen.BatchNorm``, for the plain-Flax baseline."""
+
+    batch_norm_layer = nn.BatchNorm
 
 
 def _plain_loop(model: nn.Module, tx, images, labels, batch_size, steps, seed) -> float:
@@ -159,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     records, rows = [], []
     for name in CONFIGS if args.config == "all" else [args.config]:
         config = CONFIGS[name]
-        model = CNN(**config["model"])
+        model, flax_model = CNN(**config["model"]), FlaxCNN(**config["model"])
         ours, theirs, torch_rates, header = [], [], [], None
         for repeat in range(args.repeats):
             rate, header = _jaxtricks_fit(
@@ -169,8 +176,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             ours.append(rate)
             theirs.append(
                 _plain_loop(
-                    model, config["reference"](), images, labels, args.batch_size, args.steps,
-                    repeat,
+                    flax_model, config["reference"](), images, labels, args.batch_size,
+                    args.steps, repeat,
                 )
             )
             if use_torch:

@@ -1,11 +1,13 @@
 """Flax models with switchable batch norm and dropout (an MLP, a CNN and a small ResNet),
-LSUV initialization and signal-propagation measurement for them.
+LSUV initialization and signal-propagation measurement for them, and the batch-norm layer they
+use (Flax's, with a faster training path).
 
 Every model maps a floating batch to float32 logits of shape ``(N, num_classes)`` and is
 applied as ``model.apply(variables, x, train=..., rngs={"dropout": key},
 mutable=["batch_stats"])``.
 """
 
+from jaxtricks.models.batch_norm import BatchNorm, batch_norm_train
 from jaxtricks.models.cnn import CNN
 from jaxtricks.models.lsuv import lsuv
 from jaxtricks.models.mlp import MLP
@@ -16,9 +18,11 @@ __all__ = [
     "CNN",
     "LAYER_TYPES",
     "MLP",
+    "BatchNorm",
     "LayerSignal",
     "ResNet",
     "ResidualBlock",
+    "batch_norm_train",
     "lsuv",
     "signal_propagation",
 ]

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtricks.models.batch_norm import BatchNorm
 from jaxtricks.tricks._checks import check_callable, check_int, check_range
 from jaxtricks.tricks.initializers import he_normal
 
@@ -112,13 +113,17 @@ class NormActModule(nn.Module):
             **kwargs,
         )
 
+    # The batch-norm layer: jaxtricks' (Flax's layer with a faster training path). A subclass
+    # may set flax.linen.BatchNorm, as the benchmarks' plain-Flax baseline does.
+    batch_norm_layer = BatchNorm
+
     def normalize(self, z: jax.Array, train: bool) -> jax.Array:
         """Batch norm of ``z`` over all axes but the last when it is on, else ``z``."""
         if not self.use_batch_norm:
             return z
         # In float32 throughout: statistics need the precision, and Flax's layer mixes float32
         # statistics with a low-precision input, which strict dtype promotion refuses.
-        normalized = nn.BatchNorm(
+        normalized = self.batch_norm_layer(
             use_running_average=not train,
             momentum=self.batch_norm_momentum,
             dtype=jnp.float32,

@@ -1,16 +1,16 @@
-"""XLA:CPU settings that make convolutional training 1.5-2.5× faster, applied before JAX starts.
+"""XLA:CPU settings that make convolutional training about twice as fast, applied before JAX starts.
 
 jaxlib 0.10 hands convolutions, element-wise ops and reductions to YNNPACK fusions by default.
-For a CNN's training step that is the slow path: a convolution's weight gradient (a convolution
-whose window is the whole output gradient) and the element-wise chains around batch norm run
-several times slower there than in XLA's own CPU kernels, and inside ``lax.scan`` slower still.
-Restricting YNNPACK to dot products,
+For a CNN's training step that is the slow path: the weight gradient of the Flax example's
+second convolution (a convolution whose window is the whole output gradient) ran 4.1× slower
+there than in XLA's own CPU kernels (``python -m benchmarks.cnn_ops``). Restricting YNNPACK to
+dot products,
 
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot
 
-gave, on a 2-core CPU (``python -m benchmarks.train_throughput``, docs/benchmarks.md), the Flax
-example's CNN 2.5× the images per second of the default, and made ``lax.scan`` over an epoch
-faster than a Python loop instead of far slower.
+gave, on a 2-core CPU, a plain Flax training loop for that CNN 2.4× the images per second, and
+jaxtricks' ``fit`` 2.1× (``python -m benchmarks.train_throughput``; figures and commands in
+docs/benchmarks.md).
 
 The flag is read once, when JAX creates its CPU backend (the first computation, not
 ``import jax``), so :func:`configure_xla_cpu` must run before that; the command line, the

@@ -173,7 +173,24 @@ def check_batch_norm():
     )
     state = create_train_state(model, optimizer, jax.random.key(0), images[:1])
     single, _ = make_train_step(model, optimizer)(state, (images, labels))
+    # jaxtricks' models.BatchNorm, whose per-channel sums reshape each example's positions, in
+    # a CNN (a conv layer's and a dense layer's batch norm): 8 devices against one, and the
+    # collectives of the sharded step (a reshape across the batch axis would gather it).
+    cnn = jt.models.CNN(features=(4,), hidden=8, use_batch_norm=True)
+    cnn_step = make_train_step(cnn, optimizer, mesh=mesh)
+    cnn_state = shard_train_state(
+        create_train_state(cnn, optimizer, jax.random.key(0), images[:1]), mesh
+    )
+    cnn_batch = shard_batch((images, labels), mesh)
+    cnn_text = cnn_step.lower(cnn_state, cnn_batch).compile().as_text()
+    cnn_sharded, _ = cnn_step(cnn_state, cnn_batch)
+    cnn_single, _ = make_train_step(cnn, optimizer)(
+        create_train_state(cnn, optimizer, jax.random.key(0), images[:1]), (images, labels)
+    )
     return {
+        "cnn_sharded": _flat(cnn_sharded.batch_stats),
+        "cnn_single": _flat(cnn_single.batch_stats),
+        "cnn_collectives": _collectives(cnn_text),
         "sharded": _flat(sharded.batch_stats),
         "single": _flat(single.batch_stats),
         # Running averages with momentum 0.9 from mean 0 and variance 1.

@@ -181,6 +181,18 @@ def test_batch_norm_statistics_are_over_the_whole_global_batch(checks):
         assert np.max(np.abs(one_shard - expected)) > 100 * TOLERANCE["atol"]
 
 
+def test_jaxtricks_batch_norm_is_over_the_whole_global_batch_without_gathering_it(checks):
+    result = checks["batch_norm"]
+    assert set(result["cnn_sharded"]) == set(result["cnn_single"])
+    assert len(result["cnn_single"]) == 4  # mean and var of a conv and a dense batch norm
+    for path, single in result["cnn_single"].items():
+        np.testing.assert_allclose(result["cnn_sharded"][path], single, **TOLERANCE)
+    # The statistics are summed across devices; the activations are never gathered.
+    assert result["cnn_collectives"]["all-reduce"] >= 1
+    assert result["cnn_collectives"]["all-gather"] == 0
+    assert result["cnn_collectives"]["all-to-all"] == 0
+
+
 @pytest.mark.parametrize("partitionable", ["True", "False"])
 def test_dropout_masks_do_not_depend_on_the_device_count(checks, partitionable):
     result = checks["dropout"]

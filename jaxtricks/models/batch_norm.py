@@ -73,15 +73,14 @@ def _normalize(x, scale, bias, mean, inv):
     return (x - c(mean)) * c(inv * scale) + c(bias)
 
 
-@jax.custom_vjp
-def _batch_norm(x, scale, bias, epsilon):
-    mean, var, inv = _statistics(x, epsilon)
-    return _normalize(x, scale, bias, mean, inv), mean, var
-
-
 def _batch_norm_forward(x, scale, bias, epsilon):
     mean, var, inv = _statistics(x, epsilon)
     return (_normalize(x, scale, bias, mean, inv), mean, var), (x, scale, mean, inv, epsilon)
+
+
+@jax.custom_vjp
+def _batch_norm(x, scale, bias, epsilon):
+    return _batch_norm_forward(x, scale, bias, epsilon)[0]
 
 
 def _batch_norm_backward(residuals, cotangents):

@@ -71,6 +71,10 @@ def configure_xla_cpu(
         >>> env["XLA_FLAGS"]
         '--xla_force_host_platform_device_count=2 --xla_cpu_experimental_ynn_fusion_type=dot'
     """
+    if jaxlib_version is not None and not isinstance(jaxlib_version, str):
+        raise ValueError(f"jaxlib_version must be a string or None, got {jaxlib_version!r}")
+    if backend_started is not None and not isinstance(backend_started, bool):
+        raise ValueError(f"backend_started must be a bool or None, got {backend_started!r}")
     environ = os.environ if environ is None else environ
     flags = environ.get("XLA_FLAGS", "")
     if YNN_FUSION_FLAG.split("=")[0] + "=" in flags:

@@ -39,6 +39,18 @@ def test_changes_nothing_on_jaxlib_versions_not_measured(version):
     assert env == {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [(dict(jaxlib_version=0.10), "jaxlib_version must be a string"),
+     (dict(backend_started="no"), "backend_started must be a bool")],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    env = {}
+    with pytest.raises(ValueError, match=message):
+        configure_xla_cpu(env, **kwargs)
+    assert env == {}
+
+
 def test_changes_nothing_once_the_backend_has_started():
     env = {}
     assert configure_xla_cpu(env, jaxlib_version="0.10.2", backend_started=True) == "too late"

@@ -102,11 +102,21 @@ def _one_step(train_step, state, totals, images, labels, indices, i):
     return state, totals
 
 
-# train_step is a static argument, so compiling again for the same step function and shapes (a
-# second runner choice, a second epoch loop) is a cache hit, not a new compilation.
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def _loop_step(train_step, state, totals, images, labels, indices):
+def _loop_body(train_step, state, totals, images, labels, indices):
     return _one_step(train_step, state, totals, images, labels, indices, totals["steps"])
+
+
+# train_step is a static argument, so compiling again for the same step function and shapes (a
+# second runner choice, a second epoch loop) is a cache hit, not a new compilation. The loop
+# step donates the state except on the CPU, where XLA:CPU ran the donating step 5-26% slower
+# (the MNIST CNN, 7 interleaved A/Bs; docs/benchmarks.md).
+_loop_step = jax.jit(_loop_body, static_argnums=0, donate_argnums=1)
+_loop_step_keeping = jax.jit(_loop_body, static_argnums=0)
+
+
+def _donates(images: jax.Array) -> bool:
+    """Whether the loop runner donates the state: on every platform but the CPU."""
+    return any(device.platform != "cpu" for device in images.devices())
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
@@ -125,7 +135,9 @@ class EpochRunner(NamedTuple):
     compile_time_s: float  # seconds spent lowering and compiling it
 
     def advance(self, state, totals, images, labels, indices, start, stop):
-        """Runs steps ``start, ..., stop - 1`` of the epoch; donates ``state``.
+        """Runs steps ``start, ..., stop - 1`` of the epoch; ``state`` must not be used again.
+
+        The scan runner donates it; the loop runner donates it except on the CPU.
 
         ``totals`` must be the running totals after ``start`` steps, as :func:`run_epoch` keeps
         them: the loop runner reads the step index from ``totals["steps"]`` on the device, so a
@@ -185,7 +197,8 @@ def compile_epoch_runner(
     totals = zero_totals()
     begin = time.perf_counter()
     if runner == "loop":
-        lowered = _loop_step.lower(train_step, state, totals, images, labels, indices)
+        loop_step = _loop_step if _donates(images) else _loop_step_keeping
+        lowered = loop_step.lower(train_step, state, totals, images, labels, indices)
     else:
         lowered = _scan_steps.lower(train_step, state, totals, images, labels, indices, 0, 1)
     compiled = lowered.compile()
@@ -213,7 +226,8 @@ def run_epoch(
 
     Args:
         runner: from :func:`compile_epoch_runner` or :func:`choose_runner`.
-        state: the state to train; it is donated, use the returned one.
+        state: the state to train; it is donated (by the loop runner, on every platform but
+            the CPU), so use the returned one.
         images: the training images, on the device.
         labels: the int32 training labels, on the device.
         indices: the epoch's indices, shape ``(S, B)``.

@@ -113,7 +113,8 @@ def test_runner_equals_the_plain_sequence_of_steps(train_step, runners, allclose
 
 
 @pytest.mark.parametrize("name", RUNNERS)
-def test_run_epoch_donates_and_reports_progress(runners, name):
+def test_run_epoch_donates_where_it_should_and_reports_progress(runners, name):
+    # The loop runner keeps the state on the CPU, where donating made its step slower.
     indices = epoch_indices(DATA_KEY, 1, NUM_EXAMPLES, BATCH)
     state = fresh_state()
     kernel = state.params["Dense_0"]["kernel"]
@@ -127,7 +128,7 @@ def test_run_epoch_donates_and_reports_progress(runners, name):
         chunk_steps=5,
         on_chunk=lambda done, totals: calls.append((done, int(totals["steps"]))),
     )
-    assert kernel.is_deleted()
+    assert kernel.is_deleted() is (name == "scan" or jax.default_backend() != "cpu")
     assert calls == [(5, 5), (10, 10), (12, 12)]
 
 

@@ -38,7 +38,7 @@ from jaxtricks.training.sharding import (
 )
 from jaxtricks.training.state import TrainState, _check_model, _check_optimizer, _shared
 from jaxtricks.tricks._checks import check_int
-from jaxtricks.tricks.tree import all_finite
+from jaxtricks.tricks.tree import all_finite, global_norm
 
 Batch = tuple[jax.Array, ...]
 Metrics = dict[str, jax.Array]
@@ -233,7 +233,7 @@ def _build_train_step(model, optimizer, skip_nonfinite, mesh, shard_optimizer_st
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(correct.astype(jnp.float32)),
-            "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
+            "grad_norm": global_norm(grads).astype(jnp.float32),
             "skipped": skipped,
         }
         new_state = TrainState(

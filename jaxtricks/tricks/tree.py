@@ -44,7 +44,9 @@ def global_norm(tree: Any) -> jax.Array:
     dtype = _accumulation_dtype(max((leaf.dtype for leaf in leaves), key=lambda d: d.itemsize))
     total = jnp.zeros((), dtype)
     for leaf in leaves:
-        total = total + jnp.sum(jnp.square(leaf.astype(dtype)))
+        # A dot product, not sum(square(leaf)): XLA:CPU ran a training step with it 3.6% faster
+        # (docs/benchmarks.md), the square being fused into its reduction as a slow loop.
+        total = total + jnp.vdot(leaf, leaf, preferred_element_type=dtype)
     return jnp.sqrt(total)
 
 

@@ -19,9 +19,11 @@ passes over x forward and two backward. The plain sums (Σx, Σg) are taken on
 XLA on the CPU sums a (rows, C) array over its rows far more slowly than a wider one (11× for
 (128·28·28, 32) on the 2-core machine; docs/benchmarks.md). Grouping positions within one
 example keeps the leading axis the batch axis, so a batch sharded across devices stays sharded.
-The sums of products (Σx², Σg x̂) are a ones vector times the product: XLA:CPU fuses a product
-into a reduction as a loop that reindexes every element, and ran Σx² over (128, 28, 28, 32) in
-4.2 ms that way against 2.0 ms as a product and a matrix-vector product.
+The sums of products (Σx², Σg x̂) are a ones vector of length N times the product viewed as N
+rows, then the positions are folded: XLA:CPU fuses a product into a reduction as a loop that
+reindexes every element. Σ x·y over (128, 28, 28, 32) took 6.3 ms that way, 3.9 ms as a
+product times a ones vector over all 128·28·28 positions, and 2.8 ms with rows per example
+(medians of 7 × 20 calls, one run).
 
 :class:`BatchNorm` is ``flax.linen.BatchNorm`` with this training path, same parameters
 (``scale``, ``bias``), same ``batch_stats`` (``mean``, ``var``) and same running-average
@@ -57,9 +59,11 @@ def _channel_sum(x: jax.Array) -> jax.Array:
 
 
 def _channel_sum_of_products(a: jax.Array, b: jax.Array) -> jax.Array:
-    """``Σ a·b`` over every axis but the last, as the product of a ones vector and ``a·b``."""
-    ones = jnp.ones(a.shape[:-1], a.dtype)
-    return jnp.tensordot(ones, a * b, axes=a.ndim - 1)
+    """``Σ a·b`` over every axis but the last: a ones vector times the product with one row per
+    example, then the positions folded."""
+    rows = (a * b).reshape(a.shape[0], -1)
+    per_position = jnp.ones(a.shape[:1], a.dtype) @ rows
+    return jnp.sum(per_position.reshape(-1, a.shape[-1]), axis=0)
 
 
 def _statistics(x, epsilon):

@@ -114,9 +114,14 @@ _loop_step = jax.jit(_loop_body, static_argnums=0, donate_argnums=1)
 _loop_step_keeping = jax.jit(_loop_body, static_argnums=0)
 
 
-def _donates(images: jax.Array) -> bool:
-    """Whether the loop runner donates the state: on every platform but the CPU."""
-    return any(device.platform != "cpu" for device in images.devices())
+def _donates(images: Any) -> bool:
+    """Whether the loop runner donates the state: on every platform but the CPU (the images'
+    devices, or the default backend's for a host array)."""
+    if isinstance(images, jax.Array):
+        platforms = {device.platform for device in images.devices()}
+    else:
+        platforms = {jax.default_backend()}
+    return platforms != {"cpu"}
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
@@ -226,8 +231,8 @@ def run_epoch(
 
     Args:
         runner: from :func:`compile_epoch_runner` or :func:`choose_runner`.
-        state: the state to train; it is donated (by the loop runner, on every platform but
-            the CPU), so use the returned one.
+        state: the state to train; it is donated (except by the loop runner on the CPU), so
+            use the returned one.
         images: the training images, on the device.
         labels: the int32 training labels, on the device.
         indices: the epoch's indices, shape ``(S, B)``.

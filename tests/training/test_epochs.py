@@ -132,6 +132,12 @@ def test_run_epoch_donates_where_it_should_and_reports_progress(runners, name):
     assert calls == [(5, 5), (10, 10), (12, 12)]
 
 
+def test_the_loop_runner_donates_off_the_cpu_only_for_device_and_host_arrays():
+    off_cpu = jax.default_backend() != "cpu"
+    assert epochs._donates(IMAGES) is off_cpu
+    assert epochs._donates(np.asarray(IMAGES)) is off_cpu
+
+
 def test_run_epoch_refuses_bad_chunk(runners):
     indices = epoch_indices(DATA_KEY, 1, NUM_EXAMPLES, BATCH)
     with pytest.raises(ValueError, match="chunk_steps"):

@@ -13,12 +13,16 @@ import jax
 import numpy as np
 
 from jaxtricks.data import load
-from jaxtricks.training import configure_xla_cpu
+from jaxtricks.training import configure_host_allocator, configure_xla_cpu
 from jaxtricks.tricks import preprocessing
 
 # Every benchmark runs with XLA's fast CPU convolutions unless XLA_FLAGS names the setting
-# already (``--xla_cpu_experimental_ynn_fusion_type=+dot`` measures jaxlib's default).
+# already (``--xla_cpu_experimental_ynn_fusion_type=+dot`` measures jaxlib's default), and with
+# glibc's malloc keeping freed memory unless JAXTRICKS_DEFAULT_MALLOC=1 (glibc's default).
 configure_xla_cpu()
+HOST_ALLOCATOR = (
+    "default" if os.environ.get("JAXTRICKS_DEFAULT_MALLOC") == "1" else configure_host_allocator()
+)
 
 
 def machine() -> dict[str, Any]:
@@ -34,6 +38,7 @@ def machine() -> dict[str, Any]:
         "jax": jax.__version__,
         "optax": optax.__version__,
         "flax": flax.__version__,
+        "host_allocator": HOST_ALLOCATOR,
     }
 
 

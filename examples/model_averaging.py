@@ -35,7 +35,7 @@ import numpy as np
 import jaxtricks as jt
 from jaxtricks.data import load
 from jaxtricks.models import MLP
-from jaxtricks.training import configure_xla_cpu, fit, fit_ensemble
+from jaxtricks.training import configure_host_allocator, configure_xla_cpu, fit, fit_ensemble
 
 
 def mnist(train_examples: int | None):
@@ -207,4 +207,5 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     configure_xla_cpu()  # before JAX starts: the same XLA setting as the command line
+    configure_host_allocator()  # and the same malloc setting
     main()

@@ -6,10 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtricks.training import configure_xla_cpu
+from jaxtricks.training import configure_host_allocator, configure_xla_cpu
 
-# The tests run with the XLA:CPU settings the command line uses; set before JAX starts.
+# The tests run with the XLA:CPU and malloc settings the command line uses; set before JAX starts.
 configure_xla_cpu()
+configure_host_allocator()
 
 # Implicit promotion hides dtype bugs; every test runs with both made errors.
 jax.config.update("jax_numpy_dtype_promotion", "strict")

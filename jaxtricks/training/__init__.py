@@ -1,6 +1,6 @@
 """Training: a checkpointable state, compiled train and eval steps, epoch runners, ``fit``,
-checkpoints, data-parallel sharding, ensembles, batch statistics for averaged weights and the
-XLA:CPU settings for fast convolutional training."""
+checkpoints, data-parallel sharding, ensembles, batch statistics for averaged weights, and the
+XLA:CPU and host-allocator settings for fast training on the CPU."""
 
 from jaxtricks.training.averaging import recompute_batch_stats
 from jaxtricks.training.checkpoint import Checkpoint, CheckpointManager, DamagedCheckpointError
@@ -36,6 +36,7 @@ from jaxtricks.training.sharding import (
     train_state_sharding,
     zero1_sharding,
 )
+from jaxtricks.training.host_allocator import configure_host_allocator
 from jaxtricks.training.state import TrainState, create_train_state
 from jaxtricks.training.steps import evaluate, make_eval_step, make_train_step
 from jaxtricks.training.xla_cpu import configure_xla_cpu
@@ -50,6 +51,7 @@ __all__ = [
     "batch_sharding",
     "choose_runner",
     "compile_epoch_runner",
+    "configure_host_allocator",
     "configure_xla_cpu",
     "create_ensemble",
     "create_train_state",

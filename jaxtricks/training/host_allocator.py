@@ -13,9 +13,11 @@ keep freed memory in the process instead:
     mallopt(M_TRIM_THRESHOLD, keep_bytes)   free memory at the top of a heap is given back to
                                             the kernel only beyond keep_bytes
 
-On the 2-core CPU machine that step then took 2 page faults instead of 12,000 and ran 1.42×
-as fast, and the Flax-example CNN's (no batch norm) 1.23× (interleaved in one process; the
-figures and commands are in docs/benchmarks.md).
+On the 2-core CPU machine ``fit`` then trained that CNN at 2171 images/s instead of 1569
+(1.38×), and the Flax example's CNN (no batch norm) at 2594 instead of 2243 (1.16×), while
+PyTorch's rate in the same processes stayed within its noise (``python -m
+benchmarks.train_throughput``, one process with the settings and one without; the figures and
+commands are in docs/benchmarks.md).
 
 The price: the process keeps up to ``keep_bytes`` of freed memory at the top of each heap,
 and memory freed inside a heap cannot be returned at all, so the resident size stays near its

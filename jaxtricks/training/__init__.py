@@ -23,6 +23,7 @@ from jaxtricks.training.epochs import (
 )
 from jaxtricks.training.fit import fit, write_history
 from jaxtricks.training.health_log import health_record
+from jaxtricks.training.host_allocator import configure_host_allocator
 from jaxtricks.training.sharding import (
     batch_sharding,
     make_mesh,
@@ -36,7 +37,6 @@ from jaxtricks.training.sharding import (
     train_state_sharding,
     zero1_sharding,
 )
-from jaxtricks.training.host_allocator import configure_host_allocator
 from jaxtricks.training.state import TrainState, create_train_state
 from jaxtricks.training.steps import evaluate, make_eval_step, make_train_step
 from jaxtricks.training.xla_cpu import configure_xla_cpu

@@ -44,7 +44,11 @@ _MAX_C_INT = (1 << 31) - 1
 
 
 def _process_libc() -> Any:
-    return ctypes.CDLL(None)
+    """The C library the process runs on, or None where ctypes cannot open it (Windows)."""
+    try:
+        return ctypes.CDLL(None)
+    except (OSError, TypeError):
+        return None
 
 
 def configure_host_allocator(*, keep_bytes: int = DEFAULT_KEEP_BYTES, libc: Any = None) -> str:
@@ -80,7 +84,7 @@ def configure_host_allocator(*, keep_bytes: int = DEFAULT_KEEP_BYTES, libc: Any 
     ):
         raise ValueError(f"keep_bytes must be an int in [0, 2**31 - 1], got {keep_bytes!r}")
     libc = _process_libc() if libc is None else libc
-    if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
+    if libc is None or not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
         return "not glibc"
     for name, param, value in (
         ("M_MMAP_MAX", _M_MMAP_MAX, 0),

@@ -44,6 +44,16 @@ def test_another_c_library_is_left_alone():
     assert configure_host_allocator(libc=Musl()) == "not glibc"
 
 
+def test_a_process_without_a_loadable_c_library_is_left_alone(monkeypatch):
+    from jaxtricks.training import host_allocator
+
+    def refuse(name):
+        raise OSError("no C library")
+
+    monkeypatch.setattr(host_allocator.ctypes, "CDLL", refuse)
+    assert configure_host_allocator() == "not glibc"
+
+
 def test_a_refusal_is_an_error():
     with pytest.raises(RuntimeError, match="M_MMAP_MAX"):
         configure_host_allocator(libc=FakeGlibc(answer=0))

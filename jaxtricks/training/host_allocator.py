@@ -24,8 +24,8 @@ and memory freed inside a heap cannot be returned at all, so the resident size s
 peak. That suits a training process; a long-lived server with changing sizes may prefer the
 default. The settings are process-wide and take effect for later allocations; like
 :func:`~jaxtricks.training.configure_xla_cpu`, ``import jaxtricks`` does not apply them: the
-command line, the examples, the benchmarks and the tests call :func:`configure_host_allocator`
-first thing.
+command line, the examples, the notebooks, the benchmarks and the tests call
+:func:`configure_host_allocator` first thing.
 """
 
 from __future__ import annotations

@@ -34,10 +34,9 @@ are zero-filled at once instead of lazily by the kernel. Under a replacement all
 (``LD_PRELOAD`` of jemalloc or tcmalloc) the calls would reach glibc's malloc, which is then
 unused, and change nothing (not tried). The settings suit a training process; a long-lived
 server with changing sizes may prefer the default. They are process-wide and take effect for
-later allocations; like
-:func:`~jaxtricks.training.configure_xla_cpu`, ``import jaxtricks`` does not apply them: the
-command line, the examples, the notebooks, the benchmarks and the tests call
-:func:`configure_host_allocator` first thing.
+later allocations. Like :func:`~jaxtricks.training.configure_xla_cpu`, ``import jaxtricks``
+does not apply them: the command line, the examples, the notebooks, the benchmarks and the
+tests call :func:`configure_host_allocator` first thing.
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ so a well-formed file holds exactly ``4 + 4 * ndim + prod(d_i) * itemsize`` byte
 gzipped; the reader recognises gzip by its magic bytes 0x1f 0x8b, never by the file name.
 
 Every departure from that layout raises :class:`IdxFormatError` naming the file and the problem,
-so a damaged download can never turn into a silently wrong array.
+so a damaged download can never turn into a silently wrong array. Sizes are bounded: a file
+may declare at most ``max_bytes`` bytes of content (default :data:`MAX_IDX_BYTES`, 2 GiB), and
+a gzip stream is decompressed only as far as its header declares, so a small ``.gz`` that
+inflates to gigabytes (a "gzip bomb") costs no more memory than the file it claims to be.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import math
 import os
 import secrets
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 __all__ = [
+    "MAX_IDX_BYTES",
     "IdxFormatError",
     "atomic_write",
     "check_images_labels",
@@ -41,7 +46,15 @@ __all__ = [
 
 Source = str | os.PathLike | bytes | bytearray | memoryview
 
+MAX_IDX_BYTES = 2**31
+"""The largest content (header and data, decompressed) a file may declare, by default: 2 GiB.
+
+MNIST's largest file holds 47,040,016 bytes, EMNIST's 547,190,704; a header declaring more
+is refused before anything is allocated. Readers take ``max_bytes`` to raise or lower it.
+"""
+
 _GZIP_MAGIC = b"\x1f\x8b"
+_GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib parses the gzip header and checks CRC-32 and length
 # numpy 1.x cannot build arrays of more than 32 dimensions; no real IDX file comes close.
 _MAX_NDIM = 32
 _TYPE_CODES = {
@@ -67,69 +80,22 @@ def _describe(source: Source, name: str | None) -> str:
     return os.fspath(source)
 
 
-def read_idx_bytes(source: Source, *, name: str | None = None) -> bytes:
-    """The IDX content of a file or buffer, gunzipped when it starts with the gzip magic.
-
-    Content is what checksums are taken of, so that a raw file and its ``.gz`` check the same.
-
-    Args:
-        source: a path, or the file's bytes.
-        name: how error messages call the source; defaults to the path, or ``<bytes>``.
-
-    Returns:
-        The decompressed bytes (``source`` unchanged when it is not gzipped).
-
-    Raises:
-        IdxFormatError: the gzip stream is corrupt or truncated.
-
-    Example:
-        >>> import gzip
-        >>> read_idx_bytes(gzip.compress(b"\\x00\\x00\\x08\\x01"))
-        b'\\x00\\x00\\x08\\x01'
-    """
-    label = _describe(source, name)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    else:
-        data = Path(source).read_bytes()
-    if not data.startswith(_GZIP_MAGIC):
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as err:
-        raise IdxFormatError(f"{label}: corrupt gzip stream ({err})") from err
+def _check_max_bytes(max_bytes: int) -> int:
+    # numpy indexes arrays with signed machine words, so no larger limit could be honoured.
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+        raise ValueError(f"max_bytes must be an int, got {max_bytes!r}")
+    if not 0 < max_bytes <= sys.maxsize:
+        raise ValueError(f"max_bytes must be in [1, {sys.maxsize}], got {max_bytes}")
+    return max_bytes
 
 
-def decode_idx(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
-    """Parses uncompressed IDX bytes into an array, checking the header against the data.
-
-    The result has shape ``(d_0, ..., d_{ndim-1})`` and the native-endian dtype of the type code.
-
-    Args:
-        data: the whole IDX content (see :func:`read_idx_bytes` for gzipped input).
-        name: how error messages call the source.
-
-    Returns:
-        A new writable ``np.ndarray``.
-
-    Raises:
-        IdxFormatError: bad magic, unknown type code, no or too many dimensions, truncated
-            header, fewer data bytes than the header declares, or bytes after the data.
-
-    Example:
-        >>> decode_idx(b"\\x00\\x00\\x08\\x02" + bytes([0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6)))
-        array([[0, 1, 2],
-               [3, 4, 5]], dtype=uint8)
-    """
-    if len(data) < 4:
+def _parse_magic(magic: bytes, name: str) -> tuple[np.dtype, int]:
+    """The dtype and ``ndim`` the 4 magic bytes declare."""
+    if magic[:2] != b"\x00\x00":
         raise IdxFormatError(
-            f"{name}: truncated header: {len(data)} bytes, an IDX file starts with 4 magic bytes"
+            f"{name}: bad magic 0x{magic.hex()}: an IDX file starts with two zero bytes"
         )
-    if data[:2] != b"\x00\x00":
-        raise IdxFormatError(
-            f"{name}: bad magic 0x{data[:4].hex()}: an IDX file starts with two zero bytes"
-        )
-    code, ndim = data[2], data[3]
+    code, ndim = magic[2], magic[3]
     if code not in _TYPE_CODES:
         known = ", ".join(f"0x{c:02X}" for c in _TYPE_CODES)
         raise IdxFormatError(f"{name}: bad magic: unknown type code 0x{code:02X} (known: {known})")
@@ -137,6 +103,174 @@ def decode_idx(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
         raise IdxFormatError(f"{name}: bad magic: zero dimensions")
     if ndim > _MAX_NDIM:
         raise IdxFormatError(f"{name}: absurd number of dimensions {ndim} (at most {_MAX_NDIM})")
+    return _TYPE_CODES[code], ndim
+
+
+def _content_size(shape: tuple[int, ...], dtype: np.dtype, name: str, max_bytes: int) -> int:
+    """The bytes a file of ``shape`` holds, header included, if at most ``max_bytes``.
+
+    The sizes are multiplied with the zeros left out: numpy refuses a zero-size array whose
+    other sizes multiply past its index range, so such a header is refused here too.
+    """
+    header_size = 4 + 4 * len(shape)
+    span = header_size + math.prod(size or 1 for size in shape) * dtype.itemsize
+    if span > max_bytes:
+        zeros = " without its zero sizes" if 0 in shape else ""
+        raise IdxFormatError(
+            f"{name}: the header declares shape {shape} of {dtype.name}, {span} bytes{zeros}, "
+            f"over the limit of {max_bytes} (max_bytes)"
+        )
+    return header_size + math.prod(shape) * dtype.itemsize
+
+
+class _GzipReader:
+    """The decompressed bytes of a gzip stream, read as far as asked and no further.
+
+    Like :func:`gzip.decompress`, it reads concatenated members and ignores zero bytes after
+    one, and every member's CRC-32 and length are checked once the member's end is reached.
+    """
+
+    def __init__(self, data: bytes, name: str):
+        self._name = name
+        self._member = zlib.decompressobj(wbits=_GZIP_WBITS)
+        self._pending = data  # compressed bytes not yet given to the member's decompressor
+
+    def read(self, size: int) -> list[bytes]:
+        """Up to ``size`` bytes, as a list of chunks; fewer only when the stream ends there."""
+        chunks = []
+        while size > 0:
+            if self._member.eof:
+                rest = self._member.unused_data.lstrip(b"\x00")
+                if not rest:
+                    break
+                if not rest.startswith(_GZIP_MAGIC):
+                    raise IdxFormatError(
+                        f"{self._name}: corrupt gzip stream ({len(rest)} bytes after its end "
+                        "that are not another gzip member)"
+                    )
+                self._member, self._pending = zlib.decompressobj(wbits=_GZIP_WBITS), rest
+            try:
+                chunk = self._member.decompress(self._pending, size)
+            except zlib.error as err:
+                raise IdxFormatError(f"{self._name}: corrupt gzip stream ({err})") from err
+            self._pending = self._member.unconsumed_tail
+            if not (chunk or self._pending or self._member.eof):
+                raise IdxFormatError(
+                    f"{self._name}: corrupt gzip stream (truncated: it ends inside a member)"
+                )
+            if chunk:
+                chunks.append(chunk)
+                size -= len(chunk)
+        return chunks
+
+
+def _gunzip(data: bytes, name: str, max_bytes: int) -> bytes:
+    """Decompresses a gzip stream, never producing more than one byte past the declared size.
+
+    The header (at most ``4 + 4 * 32`` bytes) is read first; once it declares the content's
+    size, the stream is read again from its start up to that size plus one byte, which only
+    a stream holding more than declared can produce. Starting again costs the header's
+    decompression twice, and lets a one-member stream come out as one chunk, which
+    ``b"".join`` returns without copying.
+    """
+    head = b"".join(_GzipReader(data, name).read(4 + 4 * _MAX_NDIM))
+    if len(head) < 4:
+        return head  # the stream ended: decode_idx names what is missing
+    dtype, ndim = _parse_magic(head[:4], name)
+    header_size = 4 + 4 * ndim
+    if len(head) < header_size:
+        return head
+    shape = struct.unpack(f">{ndim}I", head[4:header_size])
+    size = _content_size(shape, dtype, name, max_bytes)
+    chunks = _GzipReader(data, name).read(size + 1)
+    if sum(map(len, chunks)) > size:
+        raise IdxFormatError(
+            f"{name}: the header declares shape {shape} of {dtype.name}, {size - header_size} "
+            "data bytes, but the gzip stream holds more (decompression stopped there)"
+        )
+    return b"".join(chunks)
+
+
+def read_idx_bytes(
+        source: Source, *, name: str | None = None, max_bytes: int = MAX_IDX_BYTES
+) -> bytes:
+    """The IDX content of a file or buffer, gunzipped when it starts with the gzip magic.
+
+    Content is what checksums are taken of, so that a raw file and its ``.gz`` check the same.
+    A gzip stream is decompressed only up to the size its IDX header declares (plus one byte,
+    to tell that it holds more), so its magic and sizes are checked here as by
+    :func:`decode_idx`; a stream that ends early is returned as it is, for :func:`decode_idx`
+    to say what is missing. Concatenated gzip members and zero padding after the last one are
+    read as :func:`gzip.decompress` reads them.
+
+    Args:
+        source: a path, or the file's bytes.
+        name: how error messages call the source; defaults to the path, or ``<bytes>``.
+        max_bytes: the largest content a gzipped file may declare (header included).
+
+    Returns:
+        The decompressed bytes (``source`` unchanged when it is not gzipped).
+
+    Raises:
+        IdxFormatError: the gzip stream is corrupt, truncated or followed by other data, its
+            content has a bad magic, declares more than ``max_bytes`` bytes or holds more
+            bytes than it declares.
+        ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize]``.
+
+    Example:
+        >>> import gzip
+        >>> header = b"\\x00\\x00\\x08\\x01" + bytes([0, 0, 0, 2])  # uint8, shape (2,)
+        >>> read_idx_bytes(gzip.compress(header + bytes([7, 8])))
+        b'\\x00\\x00\\x08\\x01\\x00\\x00\\x00\\x02\\x07\\x08'
+        >>> bomb = gzip.compress(header + bytes(10**6))  # a million zeros after the 2 values
+        >>> read_idx_bytes(bomb, name="bomb.gz")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        jaxtricks.data.idx.IdxFormatError: bomb.gz: ... but the gzip stream holds more (...)
+    """
+    max_bytes = _check_max_bytes(max_bytes)
+    label = _describe(source, name)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    else:
+        data = Path(source).read_bytes()
+    if not data.startswith(_GZIP_MAGIC):
+        return data
+    return _gunzip(data, label, max_bytes)
+
+
+def decode_idx(data: bytes, *, name: str = "<bytes>", max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """Parses uncompressed IDX bytes into an array, checking the header against the data.
+
+    The result has shape ``(d_0, ..., d_{ndim-1})`` and the native-endian dtype of the type code.
+
+    Args:
+        data: the whole IDX content (see :func:`read_idx_bytes` for gzipped input).
+        name: how error messages call the source.
+        max_bytes: the largest content the header may declare: ``4 + 4 * ndim`` plus the
+            product of the nonzero sizes times the item size (zero sizes are left out so that
+            a zero-size array cannot declare sizes numpy refuses).
+
+    Returns:
+        A new writable ``np.ndarray``.
+
+    Raises:
+        IdxFormatError: bad magic, unknown type code, no or too many dimensions, truncated
+            header, sizes over ``max_bytes``, fewer data bytes than the header declares, or
+            bytes after the data.
+        ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize]``.
+
+    Example:
+        >>> decode_idx(b"\\x00\\x00\\x08\\x02" + bytes([0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6)))
+        array([[0, 1, 2],
+               [3, 4, 5]], dtype=uint8)
+    """
+    max_bytes = _check_max_bytes(max_bytes)
+    if len(data) < 4:
+        raise IdxFormatError(
+            f"{name}: truncated header: {len(data)} bytes, an IDX file starts with 4 magic bytes"
+        )
+    dtype, ndim = _parse_magic(data[:4], name)
     header_size = 4 + 4 * ndim
     if len(data) < header_size:
         raise IdxFormatError(
@@ -144,8 +278,7 @@ def decode_idx(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
             f"the file holds {len(data)}"
         )
     shape = struct.unpack(f">{ndim}I", data[4:header_size])
-    dtype = _TYPE_CODES[code]
-    expected = math.prod(shape) * dtype.itemsize
+    expected = _content_size(shape, dtype, name, max_bytes) - header_size
     found = len(data) - header_size
     if found < expected:
         raise IdxFormatError(
@@ -161,7 +294,9 @@ def decode_idx(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="))
 
 
-def read_idx(source: Source, *, name: str | None = None) -> np.ndarray:
+def read_idx(
+        source: Source, *, name: str | None = None, max_bytes: int = MAX_IDX_BYTES
+) -> np.ndarray:
     """Reads an IDX array from a path or bytes, raw or gzipped.
 
     ``read_idx(s) == decode_idx(read_idx_bytes(s))``.
@@ -169,13 +304,16 @@ def read_idx(source: Source, *, name: str | None = None) -> np.ndarray:
     Args:
         source: a path, or the file's bytes.
         name: how error messages call the source; defaults to the path, or ``<bytes>``.
+        max_bytes: the largest content the file may declare, header included (decompressed).
 
     Returns:
         The array, with the header's shape and native-endian dtype.
 
     Raises:
-        IdxFormatError: the content is not a well-formed IDX file (see :func:`decode_idx`) or
-            the gzip stream is corrupt.
+        IdxFormatError: the content is not a well-formed IDX file of at most ``max_bytes``
+            bytes (see :func:`decode_idx`) or the gzip stream is corrupt or holds more than
+            its header declares (see :func:`read_idx_bytes`).
+        ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize]``.
 
     Example:
         >>> import os, tempfile
@@ -187,7 +325,8 @@ def read_idx(source: Source, *, name: str | None = None) -> np.ndarray:
         array([3, 1, 4], dtype=uint8)
     """
     label = _describe(source, name)
-    return decode_idx(read_idx_bytes(source, name=label), name=label)
+    content = read_idx_bytes(source, name=label, max_bytes=max_bytes)
+    return decode_idx(content, name=label, max_bytes=max_bytes)
 
 
 def encode_idx(array: np.ndarray) -> bytes:

@@ -3,6 +3,8 @@
 import gzip
 import os
 import struct
+import tracemalloc
+import zlib
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
@@ -111,11 +113,20 @@ MALFORMED = {
     "absurd_ndim": (b"\x00\x00\x08\xc8" + bytes(4 * 200), "absurd number of dimensions 200"),
     "truncated_header": (GOOD[:9], "truncated header"),
     "truncated_data": (GOOD[:-1], "truncated data"),
-    "absurd_sizes": (_header(0x08, (2**32 - 1, 2**32 - 1)) + bytes(8), "truncated data"),
+    "absurd_sizes": (_header(0x08, (2**32 - 1, 2**32 - 1)) + bytes(8), "over the limit"),
+    # numpy refuses a zero-size array whose other sizes multiply past its index range.
+    "zero_size_absurd": (bytes.fromhex("0000080300000000ffffffffffffffff"), "over the limit"),
     "trailing_bytes": (GOOD + b"\x00\x00", "2 trailing bytes"),
     "corrupt_gzip": (gzip.compress(GOOD)[:12] + b"garbage" * 3, "corrupt gzip"),
     "truncated_gzip": (gzip.compress(GOOD)[:-6], "corrupt gzip"),
     "gzip_of_bad_idx": (gzip.compress(GOOD[:-1]), "truncated data"),
+    "gzip_more_than_declared": (gzip.compress(GOOD + b"\x00"), "the gzip stream holds more"),
+    "gzip_member_more_than_declared": (
+        gzip.compress(GOOD) + gzip.compress(b"\x00"), "the gzip stream holds more"
+    ),
+    "gzip_trailing_garbage": (gzip.compress(GOOD) + b"garbage", "corrupt gzip"),
+    "gzip_bad_magic": (gzip.compress(b"\x01" + GOOD[1:]), "bad magic"),
+    "gzip_over_the_limit": (gzip.compress(_header(0x0E, (2**31, 2, 1))), "over the limit"),
 }
 
 
@@ -133,6 +144,68 @@ def test_malformed_file_raises_naming_file_and_problem(tmp_path, case):
 def test_malformed_bytes_use_given_name():
     with pytest.raises(IdxFormatError, match=r"^mirror/x\.gz: truncated data"):
         read_idx(GOOD[:-1], name="mirror/x.gz")
+
+
+def _bomb(prefix, excess, *, members):
+    """A gzip stream of ``prefix`` then ``excess`` zero bytes, as one member or 1 MiB members."""
+    if members == "many":
+        zeros = gzip.compress(bytes(2**20), mtime=0)
+        assert excess % 2**20 == 0
+        return gzip.compress(prefix, mtime=0) + zeros * (excess // 2**20)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    parts = [compressor.compress(prefix)]
+    parts += [compressor.compress(bytes(2**20)) for _ in range(excess // 2**20)]
+    return b"".join(parts) + compressor.flush()
+
+
+def _peak_bytes(function, *args, **kwargs):
+    """The peak of Python's traced memory while ``function`` runs (it must raise)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(IdxFormatError) as info:
+            function(*args, **kwargs)
+        return tracemalloc.get_traced_memory()[1], info.value
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("members", ["one", "many"])
+def test_gzip_bomb_stops_at_the_declared_size(members):
+    # 64 MiB of zeros after a well-formed 18-byte file, in a 64 KiB (or 70 KiB) stream.
+    bomb = _bomb(GOOD, 64 * 2**20, members=members)
+    assert len(bomb) < 2**17
+    peak, error = _peak_bytes(read_idx_bytes, bomb, name="data/bomb.gz")
+    assert str(error).startswith("data/bomb.gz: ") and "the gzip stream holds more" in str(error)
+    assert peak < 2**20, f"{peak} bytes traced"
+
+
+def test_gzip_header_over_the_limit_is_refused_before_decompressing():
+    declared = _header(0x08, (2**32 - 1,) * 3)
+    peak, error = _peak_bytes(read_idx, _bomb(declared, 64 * 2**20, members="one"))
+    assert "over the limit" in str(error)
+    assert peak < 2**20, f"{peak} bytes traced"
+
+
+def test_max_bytes_bounds_what_a_well_formed_file_may_declare():
+    array = np.arange(100, dtype=np.uint8)
+    data = gzip.compress(encode_idx(array))
+    np.testing.assert_array_equal(read_idx(data, max_bytes=108), array)
+    with pytest.raises(IdxFormatError, match="108 bytes, over the limit of 107"):
+        read_idx(data, max_bytes=107)
+    with pytest.raises(IdxFormatError, match="108 bytes, over the limit of 107"):
+        decode_idx(encode_idx(array), max_bytes=107)
+
+
+@pytest.mark.parametrize("max_bytes", [0, -1, 1.5, True, 2**63])
+def test_max_bytes_is_validated(max_bytes):
+    with pytest.raises(ValueError, match="max_bytes"):
+        read_idx(GOOD, max_bytes=max_bytes)
+
+
+def test_multi_member_gzip_and_zero_padding_read_as_gzip_decompress_does():
+    data = gzip.compress(GOOD[:5]) + gzip.compress(b"") + gzip.compress(GOOD[5:]) + bytes(7)
+    assert gzip.decompress(data) == GOOD
+    assert read_idx_bytes(data) == GOOD
 
 
 def test_good_reference_bytes_decode():

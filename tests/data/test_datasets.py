@@ -279,6 +279,26 @@ def test_bad_file_in_cache_is_reported_skipped_and_replaced(fake, cache, serve):
     assert load("mnist", download=False).source == f"cache {cache}"
 
 
+def test_gzip_bombs_in_a_data_dir_are_rejected_before_inflating(tmp_path, fake):
+    directory = fake.write(tmp_path / "bombs", skip=FILES[:2])
+    # 784 MiB declared, over the 256 MiB any dataset file may hold; then a file holding 1 MiB
+    # more than its header declares.
+    huge = b"\x00\x00\x08\x03" + (2**20).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (directory / f"{FILES[0]}.gz").write_bytes(gzip.compress(huge + bytes(2**20)))
+    longer = fake.content[FILES[1]] + bytes(2**20)
+    (directory / f"{FILES[1]}.gz").write_bytes(gzip.compress(longer))
+    with pytest.warns(UserWarning, match="is not usable"):
+        with pytest.raises(DatasetNotFoundError) as info:
+            load("mnist", directory, download=False)
+    message = str(info.value)
+    assert f"rejected {directory / FILES[0]}.gz: the header declares shape (1048576, 28, 28)" in (
+        message
+    )
+    assert f"over the limit of {256 * 2**20}" in message
+    assert f"rejected {directory / FILES[1]}.gz: the header declares shape (20,)" in message
+    assert "the gzip stream holds more" in message
+
+
 def _tarball(path, members):
     """Writes a .tgz holding ``members``: {name: bytes, or ("symlink", target)}."""
     with tarfile.open(path, "w:gz") as tar:

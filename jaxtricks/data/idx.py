@@ -16,7 +16,8 @@ Every departure from that layout raises :class:`IdxFormatError` naming the file 
 so a damaged download can never turn into a silently wrong array. Sizes are bounded: a file
 may declare at most ``max_bytes`` bytes of content (default :data:`MAX_IDX_BYTES`, 2 GiB), and
 a gzip stream is decompressed only as far as its header declares, so a small ``.gz`` that
-inflates to gigabytes (a "gzip bomb") costs no more memory than the file it claims to be.
+inflates to gigabytes (a "gzip bomb") costs the memory of the file its header declares and
+of the compressed bytes, no more.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ Source = str | os.PathLike | bytes | bytearray | memoryview
 MAX_IDX_BYTES = 2**31
 """The largest content (header and data, decompressed) a file may declare, by default: 2 GiB.
 
-MNIST's largest file holds 47,040,016 bytes, EMNIST's 547,190,704; a header declaring more
-is refused before anything is allocated. Readers take ``max_bytes`` to raise or lower it.
+MNIST's largest file holds 47,040,016 bytes. A header declaring more is refused before
+anything is allocated; the readers take ``max_bytes`` to raise or lower the limit.
 """
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -81,11 +82,12 @@ def _describe(source: Source, name: str | None) -> str:
 
 
 def _check_max_bytes(max_bytes: int) -> int:
-    # numpy indexes arrays with signed machine words, so no larger limit could be honoured.
+    # numpy indexes arrays with signed machine words, and the gzip reader asks zlib for one
+    # byte more than the limit, so the limit must stay below the largest such word.
     if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
         raise ValueError(f"max_bytes must be an int, got {max_bytes!r}")
-    if not 0 < max_bytes <= sys.maxsize:
-        raise ValueError(f"max_bytes must be in [1, {sys.maxsize}], got {max_bytes}")
+    if not 0 < max_bytes < sys.maxsize:
+        raise ValueError(f"max_bytes must be in [1, sys.maxsize - 1], got {max_bytes}")
     return max_bytes
 
 
@@ -215,7 +217,7 @@ def read_idx_bytes(
         IdxFormatError: the gzip stream is corrupt, truncated or followed by other data, its
             content has a bad magic, declares more than ``max_bytes`` bytes or holds more
             bytes than it declares.
-        ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize]``.
+        ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize - 1]``.
 
     Example:
         >>> import gzip
@@ -258,7 +260,7 @@ def decode_idx(data: bytes, *, name: str = "<bytes>", max_bytes: int = MAX_IDX_B
         IdxFormatError: bad magic, unknown type code, no or too many dimensions, truncated
             header, sizes over ``max_bytes``, fewer data bytes than the header declares, or
             bytes after the data.
-        ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize]``.
+        ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize - 1]``.
 
     Example:
         >>> decode_idx(b"\\x00\\x00\\x08\\x02" + bytes([0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6)))
@@ -313,7 +315,7 @@ def read_idx(
         IdxFormatError: the content is not a well-formed IDX file of at most ``max_bytes``
             bytes (see :func:`decode_idx`) or the gzip stream is corrupt or holds more than
             its header declares (see :func:`read_idx_bytes`).
-        ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize]``.
+        ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize - 1]``.
 
     Example:
         >>> import os, tempfile

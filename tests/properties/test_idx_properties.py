@@ -34,7 +34,7 @@ DTYPES = [np.dtype(d) for d in (np.uint8, np.int8, np.int16, np.int32, np.float3
 EXTREME_SIZES = [0, 1, 2, 3, 255, 2**16, 2**31 - 1, 2**31, 2**32 - 1]
 BOMB_EXCESS = [1, 2, 1000, 2**16, 2**20, 2**22]
 
-# How a read ended, by the message's leading words (shown by --hypothesis-show-statistics).
+# How a read ended, by words of its message (counted by --hypothesis-show-statistics).
 OUTCOMES = [
     "truncated header",
     "bad magic",
@@ -46,8 +46,11 @@ OUTCOMES = [
     "corrupt gzip stream",
 ]
 
-_examples = os.environ.get("JAXTRICKS_IDX_FUZZ_EXAMPLES")
-fuzz_settings = settings(max_examples=int(_examples)) if _examples else settings()
+
+def fuzz_settings(test):
+    """The profile's settings, or ``JAXTRICKS_IDX_FUZZ_EXAMPLES`` examples where it is set."""
+    examples = os.environ.get("JAXTRICKS_IDX_FUZZ_EXAMPLES")
+    return settings(max_examples=int(examples))(test) if examples else test
 
 
 def _read(data, **kwargs):

@@ -12,8 +12,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxtricks.backend import configure_host_allocator, configure_xla_cpu
 from jaxtricks.data import load
-from jaxtricks.training import configure_host_allocator, configure_xla_cpu
 from jaxtricks.tricks import preprocessing
 
 # Every benchmark runs with XLA's fast CPU convolutions unless XLA_FLAGS names the setting

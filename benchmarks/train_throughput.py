@@ -106,10 +106,10 @@ def _plain_loop(model: nn.Module, tx, images, labels, batch_size, steps, seed) -
 def _jaxtricks_fit(model, tx, images, labels, test_images, test_labels, batch_size, runner, seed):
     """Images per second of ``fit``'s second epoch over ``images``, and its history header."""
     _, history = fit(
-        model, tx, images, labels, test_images, test_labels,
+        model, tx, images, labels, validation_data=(test_images, test_labels),
         epochs=2, batch_size=batch_size, seed=seed, runner=runner, progress=False,
     )
-    return history["epochs"][-1]["images_per_s"], history["header"]
+    return history.epochs[-1].examples_per_s, history.header
 
 
 def _torch_run(config, images, labels, batch_size, steps, seed) -> float:
@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--config", choices=(*CONFIGS, "all"), default="all")
-    parser.add_argument("--runner", choices=("loop", "scan", "auto"), default="loop")
+    parser.add_argument("--runner", choices=("loop", "scan", "auto"), default=None,
+                        help="the epoch runner; unset: the backend's choice, as fit makes it")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     parser.add_argument(
         "--torch-threads", type=int, default=os.cpu_count(),

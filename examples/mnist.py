@@ -7,27 +7,34 @@ dropout (L4), Adam on a one-cycle schedule (L6), the Flax MNIST example's CNN (L
 """
 
 import numpy as np
+import optax
 
 import jaxtricks as jt
+from jaxtricks.backend import configure_host_allocator, configure_xla_cpu
 from jaxtricks.data import load
 from jaxtricks.models import CNN
-from jaxtricks.training import configure_host_allocator, configure_xla_cpu, fit
+from jaxtricks.training import EvaluationHook, MetricsFileHook, fit
 
 configure_xla_cpu()  # XLA's fast CPU convolutions; must come before the first computation
 configure_host_allocator()  # keep freed memory: no page faults on XLA's scratch buffer each step
-EPOCHS, BATCH = 4, 128
+EPOCHS, BATCH, VALIDATION = 4, 128, 5000
 
 data = load("mnist")
-train = jt.scale_to_unit(data.train_images[..., None])
+images = jt.scale_to_unit(data.train_images[..., None])
+labels = data.train_labels.astype(np.int32)
+train, val = images[:-VALIDATION], images[-VALIDATION:]  # the last 5,000 for validation
 test = jt.scale_to_unit(data.test_images[..., None])
-stats = jt.fit_standardization(train)  # statistics of the training split only
-train, test = jt.standardize(train, stats), jt.standardize(test, stats)
+stats = jt.fit_standardization(train)  # statistics of the training examples only
+train, val, test = (jt.standardize(split, stats) for split in (train, val, test))
 
 model = CNN(use_batch_norm=True, dropout_rate=0.1, kernel_init=jt.he_normal())
 schedule = jt.one_cycle(EPOCHS * (train.shape[0] // BATCH), peak_value=2e-3)
+optimizer = optax.inject_hyperparams(jt.adam)(learning_rate=schedule)  # records the rate
 state, history = fit(
-    model, jt.adam(schedule), train, data.train_labels.astype(np.int32),
-    test, data.test_labels.astype(np.int32),
-    epochs=EPOCHS, batch_size=BATCH, learning_rate=schedule, out_dir="runs/example",
+    model, optimizer, train, labels[:-VALIDATION],
+    validation_data=(val, labels[-VALIDATION:]), epochs=EPOCHS, batch_size=BATCH,
+    callbacks=[EvaluationHook("test", test, data.test_labels.astype(np.int32)),
+               MetricsFileHook("runs/example/metrics.json")],
 )
-print(f"test accuracy {history['epochs'][-1]['test_accuracy']:.4f}")
+print(f"validation accuracy {history['val_accuracy'][-1]:.4f}, "
+      f"test accuracy {history['test_accuracy'][-1]:.4f}")

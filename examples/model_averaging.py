@@ -23,7 +23,6 @@ tests, not for conclusions).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,9 +32,12 @@ import jax
 import numpy as np
 
 import jaxtricks as jt
+from jaxtricks.backend import configure_host_allocator, configure_xla_cpu
+from jaxtricks.cli.plots import pyplot, save_figure
 from jaxtricks.data import load
+from jaxtricks.files import write_json
 from jaxtricks.models import MLP
-from jaxtricks.training import configure_host_allocator, configure_xla_cpu, fit, fit_ensemble
+from jaxtricks.training import AveragingHook, EvaluationHook, fit, fit_ensemble
 
 
 def mnist(train_examples: int | None):
@@ -53,35 +55,36 @@ def mnist(train_examples: int | None):
 
 
 def ensembles(data, *, epochs: int, base_seeds: list[int], members: int) -> list[dict]:
+    train_x, train_y, test_x, test_y = data
     results = []
     for seed in base_seeds:
         model = MLP(features=(256,), dropout_rate=0.0)
         _, history = fit_ensemble(
-            model, jt.adam(1e-3), *data, num_members=members, epochs=epochs, batch_size=128,
-            seed=seed,
+            model, jt.adam(1e-3), train_x, train_y, num_members=members, epochs=epochs,
+            batch_size=128, seed=seed, progress=False,
+            callbacks=[EvaluationHook("test", test_x, test_y)],
         )
-        last = history["epochs"][-1]
+        last = history.epochs[-1]
         results.append({
             "base_seed": seed,
-            "member_seeds": history["header"]["member_seeds"],
-            "member_test_accuracy": last["member_test_accuracy"],
-            "best_member_test_accuracy": max(last["member_test_accuracy"]),
-            "mean_member_test_accuracy": statistics.fmean(last["member_test_accuracy"]),
-            "ensemble_test_accuracy": last["ensemble_test_accuracy"],
-            "ensemble_test_loss": last["ensemble_test_loss"],
-            "member_test_loss": last["member_test_loss"],
-            "per_epoch_ensemble_test_accuracy": [
-                r["ensemble_test_accuracy"] for r in history["epochs"]
-            ],
+            "member_seeds": history.header["member_seeds"],
+            "member_test_accuracy": last.info["test_member_accuracy"],
+            "best_member_test_accuracy": max(last.info["test_member_accuracy"]),
+            "mean_member_test_accuracy": statistics.fmean(last.info["test_member_accuracy"]),
+            "ensemble_test_accuracy": last["test_accuracy"],
+            "ensemble_test_loss": last["test_loss"],
+            "member_test_loss": last.info["test_member_loss"],
+            "per_epoch_ensemble_test_accuracy": history["test_accuracy"],
             "per_epoch_best_member_test_accuracy": [
-                max(r["member_test_accuracy"]) for r in history["epochs"]
+                max(r.info["test_member_accuracy"]) for r in history.epochs
             ],
-            "compile_time_s": history["header"]["compile_time_s"],
+            "compile_time_s": history.header["compile_time_s"],
         })
     return results
 
 
 def averaged_runs(data, *, epochs: int, seeds: list[int], swa_start: int) -> dict[str, list]:
+    train_x, train_y, test_x, test_y = data
     model = MLP(features=(512, 256), use_batch_norm=True, dropout_rate=0.0)
     runs: dict[str, list] = {"ema": [], "swa": []}
     for name, averaging in (
@@ -90,17 +93,16 @@ def averaged_runs(data, *, epochs: int, seeds: list[int], swa_start: int) -> dic
     ):
         for seed in seeds:
             _, history = fit(
-                model, jt.momentum(0.05, momentum=0.9), *data, epochs=epochs, batch_size=128,
-                seed=seed, runner="loop", progress=False, averaging=averaging,
+                model, jt.momentum(0.05, momentum=0.9), train_x, train_y, epochs=epochs,
+                batch_size=128, seed=seed, progress=False,
+                callbacks=[EvaluationHook("test", test_x, test_y), AveragingHook(averaging)],
             )
             runs[name].append({
                 "seed": seed,
-                "raw_test_accuracy": [r["test_accuracy"] for r in history["epochs"]],
-                "averaged_test_accuracy": [
-                    r["test_accuracy_averaged"] for r in history["epochs"]
-                ],
-                "raw_test_loss": [r["test_loss"] for r in history["epochs"]],
-                "averaged_test_loss": [r["test_loss_averaged"] for r in history["epochs"]],
+                "raw_test_accuracy": history["test_accuracy"],
+                "averaged_test_accuracy": history["test_accuracy_averaged"],
+                "raw_test_loss": history["test_loss"],
+                "averaged_test_loss": history["test_loss_averaged"],
             })
     return runs
 
@@ -115,11 +117,7 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def plot(results: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in results["ensemble"]:
         accuracies = run["member_test_accuracy"]
@@ -149,10 +147,7 @@ def plot(results: dict, path: str) -> None:
     right.legend(fontsize="small")
     right.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -190,11 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": {"backend": jax.default_backend(), "cpu_count": os.cpu_count(),
                     "python": platform.python_version(), "jax": jax.__version__},
     }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "results.json")
-    with open(f"{path}.tmp", "w") as file:
-        json.dump(results, file, indent=2)
-    os.replace(f"{path}.tmp", path)
+    write_json(os.path.join(args.out, "results.json"), results, indent=2)
     plot(results, os.path.join(args.out, "figure.png"))
     for run, gain in zip(ensemble, results["ensemble_gain"], strict=True):
         print(f"ensemble s={run['base_seed']}: members {run['member_test_accuracy']}, "

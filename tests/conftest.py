@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxtricks.training import configure_host_allocator, configure_xla_cpu
+from jaxtricks.backend import configure_host_allocator, configure_xla_cpu
 
 # The tests run with the XLA:CPU and malloc settings the command line uses; set before JAX starts.
 configure_xla_cpu()

@@ -26,14 +26,18 @@ from jaxtricks.cli.main import main as cli_main
 from jaxtricks.data import IdxFormatError, check_images_labels, datasets, read_idx, write_idx
 from jaxtricks.data.datasets import DatasetNotFoundError
 from jaxtricks.data.idx import encode_idx
+from jaxtricks.files import write_json
 from jaxtricks.models import CNN, MLP, ResNet
 from jaxtricks.training import (
+    CheckpointHook,
+    EarlyStoppingHook,
+    History,
+    MetricsFileHook,
     create_train_state,
     evaluate,
     fit,
     make_eval_step,
     make_train_step,
-    write_history,
 )
 
 # Packages whose internals must never be where a bad input is first noticed.
@@ -107,12 +111,16 @@ def _load_from_a_file(env):
 
 def _cli(env, *flags, data=False):
     """``jaxtricks train`` with ``flags``, output under the working dir; ``data``: a valid
-    data folder, so the flags checked after loading are reached."""
-    data_flags = ["--data-dir", str(_data_dir(env))] if data else []
+    data folder of 32 training images, 8 of them held out, so the flags checked after loading
+    are reached. A failure exits (``SystemExit``) with the command's status."""
+    data_flags = ["--data-dir", str(_data_dir(env)), "--validation-examples", "8"] if data else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return cli_main(["train", *data_flags, "--out", str(env.work / "run"), "--no-progress",
-                         "--no-plot", "--runner", "loop", *flags])
+        status = cli_main(["train", *data_flags, "--out", str(env.work / "run"), "--no-progress",
+                           "--no-plot", "--runner", "loop", *flags])
+    if status:
+        raise SystemExit(status)
+    return status
 
 
 PARAMS = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
@@ -142,23 +150,32 @@ TINY_MLP = MLP(features=(4,))
 TINY_CNN = CNN(features=(2,), hidden=4, use_batch_norm=True)
 
 
-def _fit(images=None, labels=None, test_images=None, test_labels=None, *, model=TINY_MLP,
-         **kwargs):
-    """``fit`` with a small valid set-up in which the given pieces are replaced."""
+def _fit(images=None, labels=None, val_images=None, val_labels=None, *, model=TINY_MLP,
+         callbacks=None, **kwargs):
+    """``fit`` with a small valid set-up in which the given pieces are replaced; a metrics file
+    is written into the working directory after each epoch, so a failure must prevent it."""
     images = _images() if images is None else images
     labels = _labels() if labels is None else labels
     arguments = {"epochs": 1, "batch_size": 4, "progress": False, "runner": "loop",
-                 "out_dir": "run", **kwargs}
-    return fit(model, jt.sgd(0.1), images, labels,
-               images if test_images is None else test_images,
-               labels if test_labels is None else test_labels, **arguments)
+                 "validation_data": (images if val_images is None else val_images,
+                                     labels if val_labels is None else val_labels), **kwargs}
+    if callbacks is None:
+        callbacks = [MetricsFileHook(Path("run") / "metrics.json")]
+    return fit(model, jt.sgd(0.1), images, labels, callbacks=callbacks, **arguments)
 
 
 def _evaluate(images=None, labels=None, batch_size=4):
     images = _images() if images is None else images
     labels = _labels() if labels is None else labels
     state = create_train_state(TINY_MLP, jt.sgd(0.1), jax.random.key(0), _images(1))
-    return evaluate(make_eval_step(TINY_MLP), state, images, labels, batch_size)
+    return evaluate(make_eval_step(TINY_MLP), state, images, labels, batch_size=batch_size)
+
+
+def _fit_from_mid_epoch(env):
+    """``fit`` continuing a state one step into an epoch of 2 steps."""
+    del env
+    state = create_train_state(TINY_MLP, jt.sgd(0.1), jax.random.key(0), _images(1))
+    return _fit(initial_state=state._replace(step=state.step + 1))
 
 
 def _corrupt_magic(data):
@@ -272,42 +289,47 @@ CASES = [
     ("momentum-unknown-form", lambda _: jt.momentum(0.1, form="nesterov"),
      ValueError, r"form must be one of \('heavy_ball', 'lesson'\), got 'nesterov'"),
     ("fit-unknown-runner", lambda _: _fit(runner="fast"),
-     ValueError, r"runner must be one of \('auto', 'loop', 'scan'\), got 'fast'"),
+     ValueError, r"runner must be one of \('auto', 'loop', 'scan'\) or None, got 'fast'"),
     ("load-unknown-dataset", lambda _: jt.data.load("cifar10"),
      ValueError, r"name must be one of \('mnist', 'fashion_mnist'\), got 'cifar10'"),
     # Empty batches and splits, counts and label ranges.
     ("fit-batch-size-0", lambda _: _fit(batch_size=0),
-     ValueError, r"batch_size must be an integer in \[1, 8\], got 0"),
+     ValueError, r"batch_size must be an int in \[1, 8\], got 0"),
     ("fit-batch-size-above-examples", lambda _: _fit(batch_size=9),
-     ValueError, r"batch_size must be an integer in \[1, 8\], got 9"),
+     ValueError, r"batch_size must be an int in \[1, 8\], got 9"),
     ("fit-empty-training-set", lambda _: _fit(_images(0), _labels(0), _images(), _labels()),
-     ValueError, r"train_images must have shape \(N, \.\.\.\) with N >= 1 examples, got \(0,"),
-    ("fit-empty-test-set", lambda _: _fit(test_images=_images(0), test_labels=_labels(0)),
-     ValueError, r"test_images must have shape \(N, \.\.\.\) with N >= 1 examples"),
+     ValueError, r"x must have a leading axis of N >= 1 examples, got shape \(0, 28, 28, 1\)"),
+    ("fit-empty-validation-set",
+     lambda _: _fit(val_images=_images(0), val_labels=_labels(0)),
+     ValueError, r"validation_data\[0\] must have a leading axis of N >= 1 examples"),
     ("fit-zero-epochs", lambda _: _fit(epochs=0),
-     ValueError, r"epochs must be an integer >= 1, got 0"),
+     ValueError, r"epochs must be an int >= 1, got 0"),
     ("evaluate-batch-size-0", lambda _: _evaluate(batch_size=0),
-     ValueError, r"batch_size must be an integer >= 1, got 0"),
+     ValueError, r"batch_size must be an int >= 1, got 0"),
     ("evaluate-empty-split", lambda _: _evaluate(_images(0), _labels(0)),
-     ValueError, r"images must have shape \(N, \.\.\.\) with N >= 1 examples"),
-    ("fit-images-labels-count-mismatch", lambda _: _fit(labels=_labels(5)),
-     ValueError, r"train_labels must have shape \(8,\) to match train_images, got \(5,\)"),
+     ValueError, r"x must have a leading axis of N >= 1 examples"),
+    ("fit-images-labels-count-mismatch", lambda _: _fit(labels=_labels(5), val_labels=_labels()),
+     ValueError, r"y has 5 examples but x has 8"),
     ("evaluate-images-labels-count-mismatch", lambda _: _evaluate(labels=_labels(3)),
-     ValueError, r"labels must have shape \(8,\) to match images, got \(3,\)"),
+     ValueError, r"y has 3 examples but x has 8"),
     ("idx-images-labels-count-mismatch",
      lambda _: check_images_labels(np.zeros((4, 28, 28), np.uint8), np.zeros(3, np.uint8)),
      IdxFormatError, r"images \(4 images\) and labels \(3 labels\) differ in count"),
     ("fit-train-labels-out-of-range", lambda _: _fit(labels=_labels(value=10)),
-     ValueError, r"train_labels must lie in \[0, 9\] for a model with 10 logits, got .*10\]"),
-    ("fit-test-labels-negative", lambda _: _fit(test_labels=_labels(value=-1)),
-     ValueError, r"test_labels must lie in \[0, 9\] .* got values in \[-1, -1\]"),
+     ValueError, r"^y must hold integer labels in \[0, 9\] for outputs of 10 classes, got values "
+                 r"in \[10, 10\]"),
+    ("fit-validation-labels-negative", lambda _: _fit(val_labels=_labels(value=-1)),
+     ValueError, r"validation y must hold integer labels in \[0, 9\] .* got values in \[-1, -1\]"),
+    ("fit-float-labels", lambda _: _fit(labels=_labels().astype(np.float32)),
+     ValueError, r"y must hold integer labels for the default loss .* got dtype float32; pass "
+                 r"loss_fn"),
     ("idx-labels-out-of-range",
      lambda _: check_images_labels(np.zeros((2, 28, 28), np.uint8), np.array([3, 10], np.uint8)),
      IdxFormatError, r"labels: 1 labels are not in \[0, 10\), e\.g\. label 10 at index 1"),
     ("evaluate-labels-out-of-range", lambda _: _evaluate(labels=_labels(value=10)),
-     ValueError, r"labels must lie in \[0, 9\]"),
+     ValueError, r"y must hold integer labels in \[0, 9\]"),
     ("fit-integer-images", lambda _: _fit(_images().astype(np.uint8)),
-     ValueError, r"train_images must be floating point \(scale raw pixels first\), got uint8"),
+     ValueError, r"model: fit initializes it .* MLP expects a floating batch .* dtype uint8"),
     # Image shapes the convolutional models cannot take.
     ("cnn-images-without-channel-axis",
      lambda _: TINY_CNN.init(jax.random.key(0), jnp.ones((2, 28, 28)), train=False),
@@ -354,7 +376,7 @@ CASES = [
      lambda env: write_idx(env.work / "x-idx1-ubyte", np.zeros(3, np.float16)),
      ValueError, r"array dtype must be one of .*, got float16"),
     ("write-history-not-json",
-     lambda env: write_history({"header": {"seed": {0}}, "epochs": []}, env.work / "run"),
+     lambda env: write_json(env.work / "run" / "metrics.json", History({"seed": {0}}).to_dict()),
      TypeError, r"Object of type set is not JSON serializable"),
     # Schedules returning an array, and things that are not callable.
     ("sgd-non-scalar-schedule", lambda _: _update(jt.sgd(lambda c: jnp.ones(3)), PARAMS),
@@ -372,7 +394,7 @@ CASES = [
     ("mlp-non-callable-initializer", lambda _: MLP(kernel_init="he_normal"),
      TypeError, r"kernel_init must be callable, got str 'he_normal'"),
     ("fit-non-callable-callback", lambda _: _fit(callbacks=["save"]),
-     ValueError, r"callbacks must be callables, got 'save'"),
+     ValueError, r"callbacks must be hooks or functions \(state, record\) -> bool, got 'save'"),
     ("skip-nonfinite-of-a-factory", lambda _: jt.skip_nonfinite(jt.adam),
      TypeError, r"inner must be an optax\.GradientTransformation, got function"),
     ("skip-nonfinite-of-a-string", lambda _: jt.skip_nonfinite("adam"),
@@ -381,9 +403,39 @@ CASES = [
      lambda _: jt.skip_nonfinite((jt.sgd(0.1).init, jt.sgd(0.1).update)),
      TypeError, r"inner must be an optax\.GradientTransformation, got tuple"),
     ("train-step-with-an-optimizer-name", lambda _: make_train_step(TINY_MLP, "adam"),
-     ValueError, r"optimizer must be an optax\.GradientTransformation, got str"),
+     ValueError, r"optimizer must be an optax\.GradientTransformation .*got str"),
     ("fit-skip-nonfinite-not-bool", lambda _: _fit(skip_nonfinite="yes"),
      ValueError, r"skip_nonfinite must be a bool, got 'yes'"),
+    # fit's other arguments: validation, models, losses, states, hooks.
+    ("fit-model-not-flax", lambda _: _fit(model="mlp"),
+     ValueError, r"model must be a flax\.linen\.Module or a flax\.nnx\.Module, got builtins\.str"),
+    ("fit-validation-split-1", lambda _: _fit(validation_data=None, validation_split=1.0),
+     ValueError, r"validation_split must be in \[0, 1\), got 1\.0"),
+    ("fit-validation-split-leaves-nothing",
+     lambda _: _fit(validation_data=None, validation_split=0.05),
+     ValueError, r"validation_split=0\.05 of 8 examples holds out 0"),
+    ("fit-validation-data-and-split", lambda _: _fit(validation_split=0.5),
+     ValueError, r"give validation_data or validation_split, not both"),
+    ("fit-validation-data-not-a-pair", lambda _: _fit(validation_data=_images()),
+     ValueError, r"validation_data must be a pair \(x_val, y_val\), got ndarray"),
+    ("fit-loss-fn-not-callable", lambda _: _fit(loss_fn="mse"),
+     ValueError, r"loss_fn must be a function \(outputs, y\) -> losses, got 'mse'"),
+    ("fit-loss-fn-not-per-example",
+     lambda _: _fit(loss_fn=lambda outputs, y: jnp.mean(outputs), labels=_images()),
+     ValueError, r"loss_fn must return one value per example, shape \(4,\), got shape \(\)"),
+    ("fit-metric-named-loss", lambda _: _fit(metrics={"loss": lambda outputs, y: y}),
+     ValueError, r"metrics: 'loss' is reserved"),
+    ("fit-initial-state-not-a-state", lambda _: _fit(initial_state={"params": {}}),
+     ValueError, r"initial_state must be a TrainState, got dict"),
+    ("fit-initial-state-mid-epoch", _fit_from_mid_epoch,
+     ValueError, r"initial_state: its step 1 is not a whole number of epochs of 2 steps"),
+    ("fit-early-stopping-on-test", lambda _: _fit(callbacks=[EarlyStoppingHook("test_loss")]),
+     ValueError, r"monitor must be a training or validation metric, got 'test_loss'"),
+    ("fit-early-stopping-without-validation",
+     lambda _: _fit(validation_data=None, callbacks=[EarlyStoppingHook()]),
+     ValueError, r"monitor: the run records no 'val_loss' \(fit has no validation data"),
+    ("checkpoint-hook-keep-0", lambda env: CheckpointHook(env.work / "ckpt", keep=0),
+     ValueError, r"max_to_keep must be an int >= 1, got 0"),
     # The command line: exit status 2 and the reason on stderr, before any training.
     ("cli-unknown-command", lambda _: cli_main(["frobnicate"]),
      SystemExit, r"invalid choice: 'frobnicate'"),
@@ -394,66 +446,55 @@ CASES = [
     ("cli-epochs-not-int", lambda env: _cli(env, "--epochs", "two"),
      SystemExit, r"argument --epochs: invalid int value: 'two'"),
     ("cli-zero-epochs", lambda env: _cli(env, "--epochs", "0"),
-     SystemExit, r"--epochs must be >= 1, got 0"),
+     SystemExit, r"--epochs must be an integer >= 1, got 0"),
     ("cli-zero-batch-size", lambda env: _cli(env, "--batch-size", "0"),
-     SystemExit, r"--batch-size must be >= 1, got 0"),
+     SystemExit, r"--batch-size must be an integer >= 1, got 0"),
     ("cli-nan-learning-rate", lambda env: _cli(env, "--learning-rate", "nan"),
-     SystemExit, r"--learning-rate must be finite and >= 0, got nan"),
+     SystemExit, r"--learning-rate must be a finite number >= 0, got nan"),
     ("cli-infinite-learning-rate", lambda env: _cli(env, "--learning-rate", "inf"),
-     SystemExit, r"--learning-rate must be finite and >= 0, got inf"),
+     SystemExit, r"--learning-rate must be a finite number >= 0, got inf"),
     ("cli-negative-weight-decay", lambda env: _cli(env, "--weight-decay", "-0.1"),
-     SystemExit, r"--weight-decay must be finite and >= 0, got -0\.1"),
+     SystemExit, r"--weight-decay must be a finite number >= 0, got -0\.1"),
     ("cli-negative-warmup", lambda env: _cli(env, "--warmup-epochs", "-1"),
-     SystemExit, r"--warmup-epochs must be finite and >= 0, got -1"),
+     SystemExit, r"--warmup-epochs must be a finite number >= 0, got -1"),
     ("cli-dropout-1", lambda env: _cli(env, "--dropout", "1"),
-     SystemExit, r"dropout_rate must be in \[0\.0, 1\.0\), got 1\.0"),
+     SystemExit, r"--dropout must be a number in \[0, 1\), got 1\.0"),
     ("cli-unknown-initializer", lambda env: _cli(env, "--initializer", "glorrot"),
-     SystemExit, r"name must be one of .* got 'glorrot'"),
+     SystemExit, r"--initializer must be one of .* got 'glorrot'"),
     ("cli-missing-data", lambda env: _cli(env, "--data-dir", str(env.inputs / "absent")),
-     SystemExit, r"could not find a verified copy of mnist"),
+     SystemExit, r"--data-dir .*absent: could not find a verified copy of mnist"),
     ("cli-momentum-above-1",
      lambda env: _cli(env, "--optimizer", "momentum", "--momentum", "1.5", "--batch-size", "8",
                       data=True),
-     SystemExit, r"momentum must be in \[0\.0, 1\.0\], got 1\.5"),
+     SystemExit, r"--momentum must be a number in \[0, 1\], got 1\.5"),
     ("cli-zero-clip-threshold",
      lambda env: _cli(env, "--clip", "value", "--clip-threshold", "0", "--batch-size", "8",
                       data=True),
-     SystemExit, r"max_delta must be in \(0\.0, inf\), got 0\.0"),
+     SystemExit, r"--clip-threshold must be a finite number > 0, got 0\.0"),
     ("cli-decay-factor-above-1",
      lambda env: _cli(env, "--schedule", "per_epoch", "--decay-factor", "1.5", "--batch-size",
                       "8", data=True),
-     SystemExit, r"factor must be in \(0\.0, 1\.0\], got 1\.5"),
+     SystemExit, r"--decay-factor must be a number in \(0, 1\], got 1\.5"),
     ("cli-zero-train-examples", lambda env: _cli(env, "--train-examples", "0", data=True),
-     SystemExit, r"--train-examples must be in \[1, 32\], got 0"),
+     SystemExit, r"--train-examples must be an integer >= 1, got 0"),
+    ("cli-too-many-train-examples", lambda env: _cli(env, "--train-examples", "25", data=True),
+     SystemExit, r"--train-examples must be an integer in \[1, 24\], got 25"),
     ("cli-batch-size-above-train-examples",
      lambda env: _cli(env, "--batch-size", "64", data=True),
-     SystemExit, r"--batch-size must be at most the 32 training images, got 64"),
+     SystemExit, r"--batch-size must be at most the 24 training images, got 64"),
+    ("cli-schedule-too-short-for-one-cycle",
+     lambda env: _cli(env, "--batch-size", "8", "--epochs", "1", data=True),
+     SystemExit, r"--schedule one_cycle cannot span 3 steps"),
 ]
 
-# Rows that fail today, in code this change does not own; each names the fix it waits for.
-KNOWN_GAPS: dict[str, str] = {}
-
-
 def _params():
-    return [
-        pytest.param(
-            call,
-            error,
-            pattern,
-            id=case_id,
-            marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[case_id])
-            if case_id in KNOWN_GAPS
-            else (),
-        )
-        for case_id, call, error, pattern in CASES
-    ]
+    return [pytest.param(call, error, pattern, id=case) for case, call, error, pattern in CASES]
 
 
 def test_table_is_large_with_unique_ids():
     ids = [case[0] for case in CASES]
     assert len(ids) == len(set(ids))
     assert len(ids) >= 30
-    assert set(KNOWN_GAPS) <= set(ids)
 
 
 @pytest.mark.parametrize(("call", "error", "pattern"), _params())

@@ -1,4 +1,4 @@
-"""The example script stays in step with the library (compiles, imports resolve)."""
+"""The example scripts stay in step with the library (compile, imports resolve), and one runs."""
 
 import ast
 import importlib
@@ -11,15 +11,25 @@ import pytest
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_mnist_example_names_only_things_the_library_has():
-    source = (EXAMPLES / "mnist.py").read_text()
+SCRIPTS = sorted(EXAMPLES.glob("*.py"))
+
+
+def test_the_examples_are_there():
+    assert {path.name for path in SCRIPTS} >= {"mnist.py", "model_averaging.py"}
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda path: path.stem)
+def test_an_example_names_only_things_the_library_has(path):
+    source = path.read_text()
     tree = ast.parse(source)
-    compile(source, "mnist.py", "exec")
+    compile(source, path.name, "exec")
+    imported = 0
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module.startswith("jaxtricks"):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("jaxtricks"):
             module = importlib.import_module(node.module)
             for alias in node.names:
                 assert hasattr(module, alias.name), f"{node.module}.{alias.name}"
+                imported += 1
     import jaxtricks as jt
 
     used = {
@@ -27,7 +37,8 @@ def test_mnist_example_names_only_things_the_library_has():
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
         and node.value.id == "jt"
     }
-    assert used and all(hasattr(jt, name) for name in used), used
+    assert used or imported, "the example uses nothing of jaxtricks"
+    assert all(hasattr(jt, name) for name in used), sorted(n for n in used if not hasattr(jt, n))
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ above its mmap threshold with a fresh ``mmap`` and gives the pages back to the k
 ``free``; the threshold adapts to the blocks a program frees, but never above 32 MiB on 64-bit
 Linux. A larger scratch buffer is therefore mapped afresh for every step, and the kernel
 zero-fills each of its 4 KiB pages on first touch. The command line's CNN (batch norm, dropout,
-batch 128) has a 39 MB scratch buffer: about 9,700 page faults per training step. Two settings
-keep freed memory in the process instead:
+batch 128) has a scratch buffer above that threshold, so every step pays thousands of page
+faults. Two settings keep freed memory in the process instead:
 
     mallopt(M_MMAP_MAX, 0)                  malloc maps no block of its own: blocks come from
                                             its heaps
@@ -15,17 +15,11 @@ keep freed memory in the process instead:
                                             the kernel only beyond keep_bytes
 
 The main thread's heap grows without limit. A thread other than the main one allocates from a
-heap of at most 64 MiB, and glibc maps a block too large for that heap afresh even so (a
-100 MiB block freed and allocated again in a worker thread was refaulted in full; glibc's
-source also unmaps a secondary heap that becomes empty), so blocks of that size allocated off
-the main thread are still refaulted. The 39 MB buffer measured here is not: with the settings a step
-took about 300 page faults instead of 12,000.
-
-On the 2-core CPU machine ``fit`` then trained that CNN at 2171 and 1890 images/s in two runs
-against 1569 in one run without the settings (1.2–1.4×), and the Flax example's CNN (no batch
-norm) at 2594 and 2389 against 2243 (1.07–1.16×), while PyTorch's rate in the same processes
-stayed within its noise (``python -m benchmarks.train_throughput``; the figures and commands
-are in docs/benchmarks.md).
+heap of at most 64 MiB, and glibc maps a block too large for that heap afresh even so (glibc
+also unmaps a secondary heap that becomes empty), so blocks of that size allocated off the main
+thread are still refaulted; the scratch buffers of the MNIST models are smaller than that.
+docs/benchmarks.md has the page-fault counts and the training throughput with and without
+the settings, and the commands that measured them.
 
 The price: the process keeps up to ``keep_bytes`` of freed memory at the top of each heap, and
 memory freed inside a heap goes back to the kernel only through an explicit ``malloc_trim(0)``,
@@ -34,7 +28,7 @@ are zero-filled at once instead of lazily by the kernel. Under a replacement all
 (``LD_PRELOAD`` of jemalloc or tcmalloc) the calls would reach glibc's malloc, which is then
 unused, and change nothing (not tried). The settings suit a training process; a long-lived
 server with changing sizes may prefer the default. They are process-wide and take effect for
-later allocations. Like :func:`~jaxtricks.training.configure_xla_cpu`, ``import jaxtricks``
+later allocations. Like :func:`~jaxtricks.backend.configure_xla_cpu`, ``import jaxtricks``
 does not apply them: the command line, the examples, the notebooks, the benchmarks and the
 tests call :func:`configure_host_allocator` first thing.
 """

@@ -1,16 +1,15 @@
 """XLA:CPU settings that make convolutional training about twice as fast, applied before JAX starts.
 
 jaxlib 0.10 hands convolutions, element-wise ops and reductions to YNNPACK fusions by default.
-For a CNN's training step that is the slow path: the weight gradient of the Flax example's
-second convolution (a convolution whose window is the whole output gradient) ran 4.1× slower
-there than in XLA's own CPU kernels (``python -m benchmarks.cnn_ops``). Restricting YNNPACK to
-dot products,
+For a CNN's training step that is the slow path: the weight gradient of a convolution whose
+window is the whole output gradient runs several times slower there than in XLA's own CPU
+kernels. Restricting YNNPACK to dot products,
 
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot
 
-gave, on a 2-core CPU, a plain Flax training loop for that CNN 2.4× the images per second, and
-jaxtricks' ``fit`` 2.1× (``python -m benchmarks.train_throughput``; figures and commands in
-docs/benchmarks.md).
+about doubles the training throughput of the Flax example's CNN on the CPU (the figures, and
+the commands that measure them, ``python -m benchmarks.cnn_ops`` and
+``python -m benchmarks.train_throughput``, are in docs/benchmarks.md).
 
 The flag is read once, when JAX creates its CPU backend (the first computation, not
 ``import jax``), so :func:`configure_xla_cpu` must run before that; the command line, the

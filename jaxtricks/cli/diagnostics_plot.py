@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxtricks.cli.plots import pyplot, save_figure
+
 __all__ = ["gradient_norm_series", "plot_gradient_norms"]
 
 
@@ -110,11 +112,7 @@ def plot_gradient_norms(
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be None or a positive finite number, got {value!r}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for name, values in series.items():
         # Zero or non-finite norms have no place on a log axis; matplotlib leaves gaps for NaN.
@@ -127,8 +125,4 @@ def plot_gradient_norms(
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small", ncol=1 + len(series) // 12, loc="best")
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return str(path)
+    return save_figure(fig, path)

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
+from jaxtricks.backend import configure_host_allocator, configure_xla_cpu
 from jaxtricks.cli import experiment, train
-from jaxtricks.training.host_allocator import configure_host_allocator
-from jaxtricks.training.xla_cpu import configure_xla_cpu
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr with exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-command per job."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="jaxtricks",
         description="The tricks that make deep networks train, in JAX.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=Parser)
     train_parser = commands.add_parser(
         "train",
         help="train a model on MNIST or Fashion-MNIST with switchable tricks",
@@ -40,12 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parses ``argv`` and runs the chosen command; returns the exit status.
 
     First of all it sets XLA's CPU flags for fast convolutions
-    (:func:`jaxtricks.training.configure_xla_cpu`), which must happen before JAX starts, and
+    (:func:`jaxtricks.backend.configure_xla_cpu`), which must happen before JAX starts, and
     makes glibc's malloc keep freed memory, so XLA:CPU's scratch buffer is not page-faulted
-    afresh on every step (:func:`jaxtricks.training.configure_host_allocator`).
+    afresh on every step (:func:`jaxtricks.backend.configure_host_allocator`).
     """
     configure_xla_cpu()
     configure_host_allocator()
+    # A warning is one line on the command line (a damaged checkpoint skipped, ...).
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's own parser, so its errors all begin alike
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.given = train.explicit_destinations(args.parser, argv)
     return args.run(args, args.parser)

@@ -1,4 +1,5 @@
-"""Data layer: IDX files and the MNIST and Fashion-MNIST datasets as numpy uint8 arrays."""
+"""Data layer: IDX files, the MNIST and Fashion-MNIST datasets as numpy uint8 arrays, and
+their scaled train/validation/test splits."""
 
 from jaxtricks.data.datasets import (
     Dataset,
@@ -16,16 +17,19 @@ from jaxtricks.data.idx import (
     read_idx_bytes,
     write_idx,
 )
+from jaxtricks.data.splits import Splits, load_splits
 
 __all__ = [
     "Dataset",
     "DatasetNotFoundError",
     "IdxFormatError",
+    "Splits",
     "check_images_labels",
     "decode_idx",
     "encode_idx",
     "fashion_mnist",
     "load",
+    "load_splits",
     "mnist",
     "read_idx",
     "read_idx_bytes",

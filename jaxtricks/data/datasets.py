@@ -36,11 +36,11 @@ import numpy as np
 
 from jaxtricks.data.idx import (
     IdxFormatError,
-    atomic_write,
     check_images_labels,
     decode_idx,
     read_idx_bytes,
 )
+from jaxtricks.files import atomic_write
 
 __all__ = [
     "ENV_VAR",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import secrets
 import struct
 import sys
 import zlib
@@ -33,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxtricks.files import atomic_write
+
 __all__ = [
     "MAX_IDX_BYTES",
     "IdxFormatError",
-    "atomic_write",
     "check_images_labels",
     "decode_idx",
     "encode_idx",
@@ -362,46 +362,10 @@ def encode_idx(array: np.ndarray) -> bytes:
     return header + array.astype(_TYPE_CODES[code], copy=False).tobytes(order="C")
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` so that readers see either the old file or all of the new one.
-
-    The bytes go to a temporary file in the same directory, are flushed to disk (``fsync``) and
-    then renamed over ``path`` with ``os.replace``, which is atomic on POSIX and Windows. If
-    anything fails, the temporary file is removed and ``path`` is left as it was.
-
-    Args:
-        path: the destination; its directory must exist.
-        data: the complete content.
-
-    Returns:
-        None.
-
-    Example:
-        >>> import os, tempfile
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     atomic_write(os.path.join(tmp, "f"), b"abc")
-        ...     sorted(os.listdir(tmp))
-        ['f']
-    """
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    # os.open with mode 0o666 lets the umask decide the permissions, as for any new file.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
 def write_idx(
         path: str | os.PathLike, array: np.ndarray, *, compress: bool | None = None
 ) -> None:
-    """Writes an array as an IDX file, raw or gzipped, atomically (see :func:`atomic_write`).
+    """Writes an array as an IDX file, raw or gzipped, atomically (see files.atomic_write).
 
     Args:
         path: the destination.

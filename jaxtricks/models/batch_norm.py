@@ -16,14 +16,12 @@ gradients are
 :func:`batch_norm_train` carries these in a ``jax.custom_vjp``, so a training step takes two
 passes over x forward and two backward. The plain sums (Σx, Σg) are taken on
 ``x.reshape(-1, k·C)`` (k positions of one example side by side) before folding the k groups:
-XLA on the CPU sums a (rows, C) array over its rows far more slowly than a wider one (11× for
-(128·28·28, 32) on the 2-core machine; docs/benchmarks.md). Grouping positions within one
-example keeps the leading axis the batch axis, so a batch sharded across devices stays sharded.
-The sums of products (Σx², Σg x̂) are a ones vector of length N times the product viewed as N
-rows, then the positions are folded: XLA:CPU fuses a product into a reduction as a loop that
-reindexes every element. Σ x·y over (128, 28, 28, 32) took 6.3 ms that way, 3.9 ms as a
-product times a ones vector over all 128·28·28 positions, and 2.8 ms with rows per example
-(medians of 7 × 20 calls, one run).
+XLA on the CPU sums a (rows, C) array over its rows far more slowly than a wider one. Grouping
+positions within one example keeps the leading axis the batch axis, so a batch sharded across
+devices stays sharded. The sums of products (Σx², Σg x̂) are a ones vector of length N times
+the product viewed as N rows, then the positions are folded: XLA:CPU fuses a product into a
+reduction as a loop that reindexes every element. docs/benchmarks.md has the timings of each
+form and of the whole path against Flax's.
 
 :class:`BatchNorm` is ``flax.linen.BatchNorm`` with this training path, same parameters
 (``scale``, ``bias``), same ``batch_stats`` (``mean``, ``var``) and same running-average
@@ -38,9 +36,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtricks.backend import speed_paths
+
 __all__ = ["BatchNorm", "batch_norm_train"]
 
-# Sum over rows of this many values at least: measured 11x faster than rows of 32 on XLA:CPU.
+# Sum over rows of this many values at least: far faster than rows of 32 on XLA:CPU.
 _MIN_ROW = 256
 
 
@@ -156,13 +156,22 @@ def batch_norm_train(
 
 
 class BatchNorm(nn.BatchNorm):
-    """``flax.linen.BatchNorm`` whose training path is :func:`batch_norm_train`.
+    """``flax.linen.BatchNorm`` whose training path can be :func:`batch_norm_train`.
 
-    It takes that path for float32 inputs normalized over all axes but the last, with scale
-    and bias, float32 parameters and no mask or ``axis_name``; otherwise, and in evaluation,
-    it is ``flax.linen.BatchNorm``. Parameters and ``batch_stats`` have Flax's names and
-    shapes, so checkpoints and code written for Flax's layer carry over.
+    It takes that path where the backend's speed paths say so (on the CPU;
+    :func:`jaxtricks.backend.speed_paths`) or ``custom_gradient=True`` asks for it, for
+    float32 inputs normalized over all axes but the last, with scale and bias, float32
+    parameters and no mask or ``axis_name``; otherwise, and in evaluation, it is
+    ``flax.linen.BatchNorm``. Both paths compute the same normalization and running averages,
+    up to float rounding. Parameters and ``batch_stats`` have Flax's names and shapes, so
+    checkpoints and code written for Flax's layer carry over.
+
+    Attributes:
+        custom_gradient: take the hand-written path (True), Flax's (False), or the backend's
+            choice (None).
     """
+
+    custom_gradient: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
@@ -171,8 +180,12 @@ class BatchNorm(nn.BatchNorm):
         use_average = nn.merge_param(
             "use_running_average", self.use_running_average, use_running_average
         )
+        custom = self.custom_gradient
+        if custom is None:
+            custom = speed_paths().batch_norm_custom_gradient
         fast = (
-            not use_average
+            custom
+            and not use_average
             and mask is None
             and self.axis_name is None
             and self.axis in (-1, jnp.ndim(x) - 1)

@@ -1,15 +1,32 @@
-"""Training: a checkpointable state, compiled train and eval steps, epoch runners, ``fit``,
-checkpoints, data-parallel sharding, ensembles, batch statistics for averaged weights, and the
-XLA:CPU and host-allocator settings for fast training on the CPU."""
+"""Layer 3, training: small public pieces and ``fit``, which composes them.
 
-from jaxtricks.training.averaging import recompute_batch_stats
-from jaxtricks.training.checkpoint import Checkpoint, CheckpointManager, DamagedCheckpointError
+- :mod:`~jaxtricks.training.model`: a Flax Linen or NNX module as two pure functions.
+- :mod:`~jaxtricks.training.state`: the checkpointable :class:`TrainState`.
+- :mod:`~jaxtricks.training.steps`: the compiled train and eval steps for any loss and metrics.
+- :mod:`~jaxtricks.training.epochs`: epochs of steps over a dataset on the device.
+- :mod:`~jaxtricks.training.hooks`: what happens around epochs (early stopping, averaging,
+  plateau, progress, metrics file, evaluation of other sets, user callbacks), one protocol.
+- :mod:`~jaxtricks.training.fit`: :func:`fit` and its epoch loop :func:`train_epochs`.
+- :mod:`~jaxtricks.training.checkpoint`, :mod:`~jaxtricks.training.sharding`,
+  :mod:`~jaxtricks.training.ensemble`, :mod:`~jaxtricks.training.averaging`: checkpoints
+  (Orbax, loaded on first use), data parallelism, ensembles, batch statistics for averaged
+  weights.
+"""
+
+from jaxtricks.training.averaging import recompute_batch_stats, recompute_model_state
+from jaxtricks.training.checkpoint import (
+    Checkpoint,
+    CheckpointHook,
+    CheckpointManager,
+    DamagedCheckpointError,
+)
 from jaxtricks.training.ensemble import (
     create_ensemble,
     ensemble_member,
     ensemble_probabilities,
     evaluate_ensemble,
     fit_ensemble,
+    make_ensemble_eval_step,
     make_ensemble_train_step,
 )
 from jaxtricks.training.epochs import (
@@ -19,11 +36,24 @@ from jaxtricks.training.epochs import (
     compile_epoch_runner,
     epoch_indices,
     run_epoch,
-    zero_totals,
 )
-from jaxtricks.training.fit import fit, write_history
-from jaxtricks.training.health_log import health_record
-from jaxtricks.training.host_allocator import configure_host_allocator
+from jaxtricks.training.fit import fit, make_hooks, split_validation, train_epochs
+from jaxtricks.training.history import EpochRecord, History
+from jaxtricks.training.hooks import (
+    AveragingHook,
+    EarlyStoppingHook,
+    EvaluationHook,
+    HealthHook,
+    Hook,
+    LambdaHook,
+    MetricsFileHook,
+    PlateauHook,
+    ProgressHook,
+    Run,
+    health_record,
+    learning_rate_of,
+)
+from jaxtricks.training.model import FunctionalModel, functional_model
 from jaxtricks.training.sharding import (
     batch_sharding,
     make_mesh,
@@ -37,22 +67,41 @@ from jaxtricks.training.sharding import (
     train_state_sharding,
     zero1_sharding,
 )
-from jaxtricks.training.state import TrainState, create_train_state
-from jaxtricks.training.steps import evaluate, make_eval_step, make_train_step
-from jaxtricks.training.xla_cpu import configure_xla_cpu
+from jaxtricks.training.state import TrainState, as_optimizer, create_train_state
+from jaxtricks.training.steps import (
+    accuracy,
+    evaluate,
+    make_eval_step,
+    make_train_step,
+    softmax_cross_entropy,
+)
 
 __all__ = [
     "RUNNERS",
+    "AveragingHook",
     "Checkpoint",
+    "CheckpointHook",
     "CheckpointManager",
     "DamagedCheckpointError",
+    "EarlyStoppingHook",
+    "EpochRecord",
     "EpochRunner",
+    "EvaluationHook",
+    "FunctionalModel",
+    "HealthHook",
+    "History",
+    "Hook",
+    "LambdaHook",
+    "MetricsFileHook",
+    "PlateauHook",
+    "ProgressHook",
+    "Run",
     "TrainState",
+    "accuracy",
+    "as_optimizer",
     "batch_sharding",
     "choose_runner",
     "compile_epoch_runner",
-    "configure_host_allocator",
-    "configure_xla_cpu",
     "create_ensemble",
     "create_train_state",
     "ensemble_member",
@@ -62,22 +111,28 @@ __all__ = [
     "evaluate_ensemble",
     "fit",
     "fit_ensemble",
+    "functional_model",
     "health_record",
+    "learning_rate_of",
+    "make_ensemble_eval_step",
     "make_ensemble_train_step",
     "make_eval_step",
+    "make_hooks",
     "make_mesh",
     "make_train_step",
     "opt_state_sharding",
     "per_device_bytes",
     "recompute_batch_stats",
+    "recompute_model_state",
     "replicate",
     "replicated_sharding",
     "run_epoch",
     "shard_batch",
     "shard_dataset",
     "shard_train_state",
+    "softmax_cross_entropy",
+    "split_validation",
+    "train_epochs",
     "train_state_sharding",
-    "write_history",
     "zero1_sharding",
-    "zero_totals",
 ]

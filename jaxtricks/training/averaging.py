@@ -1,4 +1,4 @@
-"""Fresh batch-norm statistics for averaged weights.
+"""Fresh batch-norm statistics for averaged weights, for Linen and NNX models.
 
 Batch norm's running statistics belong to the weights that produced them: after averaging the
 weights (:mod:`jaxtricks.tricks.averaging`) the stored means and variances describe none of
@@ -34,10 +34,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
+from flax import nnx, traverse_util
 
-from jaxtricks.training.steps import _variables
-from jaxtricks.tricks._checks import check_int
+from jaxtricks.training.model import FunctionalModel, functional_model
+
+__all__ = ["recompute_batch_stats", "recompute_model_state"]
 
 # The collection the recorded moments are sown into; private to this module.
 _MOMENTS = "recomputed_batch_moments"
@@ -92,11 +93,11 @@ def _merge(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Arra
     return n, mean_a + delta * share, m_a + m_b + jnp.square(delta) * n_a * share
 
 
-def _batch_moments(model, variables, images):
+def _batch_moments(fm, variables, images):
     """(n, μ, M) of one batch for every batch-norm layer, as a flat dict by layer path."""
     with nn.intercept_methods(_record_batch_moments):
-        _, collections = model.apply(
-            variables, images, train=True, mutable=["batch_stats", _MOMENTS]
+        _, collections = fm.module.apply(
+            variables, images, **fm.flags(True), mutable=["batch_stats", _MOMENTS]
         )
     moments = {}
     # A layer called more than once per forward pass records one summary per call.
@@ -106,9 +107,9 @@ def _batch_moments(model, variables, images):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _accumulate(model, variables, images, totals):
+def _accumulate(fm, variables, images, totals):
     """``totals`` merged with the moments of the batch ``images``."""
-    batch = _batch_moments(model, variables, images)
+    batch = _batch_moments(fm, variables, images)
     return {layer: _merge(totals[layer], batch[layer]) for layer in totals}
 
 
@@ -127,8 +128,9 @@ def recompute_batch_stats(
     across batches with Chan et al.'s update (see the module docstring).
 
     Args:
-        model: a Flax Linen module called as ``model.apply(variables, x, train=True,
-            mutable=["batch_stats"])``; its ``nn.BatchNorm`` layers are measured, its
+        model: a Flax Linen module, called in training mode as
+            :func:`~jaxtricks.training.model.functional_model` says (with
+            ``mutable=["batch_stats"]``); its ``nn.BatchNorm`` layers are measured, its
             ``nn.Dropout`` layers are turned off. Cross-device ``axis_name`` reductions are
             not applied: call it under ``jit``, not inside ``pmap`` or ``shard_map``.
         params: the parameters to measure (typically averaged ones).
@@ -160,7 +162,8 @@ def recompute_batch_stats(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a flax.linen.Module, got {type(model).__name__}")
-    batch_size = check_int("batch_size", batch_size, low=1)
+    fm = functional_model(model)
+    batch_size = _check_batch_size(batch_size)
     if not batch_stats_template:
         return batch_stats_template
     images = jnp.asarray(images)
@@ -168,13 +171,11 @@ def recompute_batch_stats(
         raise ValueError(f"images must have shape (N, ...) with N >= 1, got {images.shape}")
     if not jnp.issubdtype(images.dtype, jnp.floating):
         raise ValueError(f"images must be floating point, got dtype {images.dtype}")
-    variables = _variables(params, batch_stats_template)
-    shapes = jax.eval_shape(
-        functools.partial(_batch_moments, model), variables, images[:batch_size]
-    )
+    variables = {"params": params, "batch_stats": batch_stats_template}
+    shapes = jax.eval_shape(functools.partial(_batch_moments, fm), variables, images[:batch_size])
     totals = jax.tree.map(lambda shape: jnp.zeros(shape.shape, shape.dtype), shapes)
     for start in range(0, images.shape[0], batch_size):
-        totals = _accumulate(model, variables, images[start : start + batch_size], totals)
+        totals = _accumulate(fm, variables, images[start : start + batch_size], totals)
     stats = traverse_util.flatten_dict(batch_stats_template)
     for layer, (count, mean, sum_squares) in totals.items():
         for name, value in (("mean", mean), ("var", sum_squares / count)):
@@ -185,3 +186,100 @@ def recompute_batch_stats(
                 )
             stats[(*layer, name)] = value.astype(stats[(*layer, name)].dtype)
     return traverse_util.unflatten_dict(stats)
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    return batch_size
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _nnx_batch_stats(graphdef, params, model_state, images):
+    """An NNX module's batch-norm statistics of one batch: with momentum 0 the running
+    averages become the batch's own mean and (biased) variance."""
+    module = nnx.merge(graphdef, params, model_state, copy=True)
+    module(images)
+    return nnx.state(module, nnx.BatchStat)
+
+
+def _recompute_nnx(fm: FunctionalModel, params, model_state, images, batch_size):
+    module = nnx.merge(fm.graphdef(True), params, model_state, copy=True)
+    for _, layer in nnx.iter_modules(module):
+        if isinstance(layer, nnx.BatchNorm):
+            layer.momentum = 0.0
+        elif isinstance(layer, nnx.Dropout):
+            layer.deterministic = True
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+    totals = None
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size]
+        stats = nnx.to_flat_state(_nnx_batch_stats(graphdef, params, rest, batch))
+        rows = jnp.asarray(batch.shape[0], jnp.float32)
+        moments = {}
+        for path, variable in stats:
+            layer, name = path[:-1], path[-1]
+            moments.setdefault(layer, {})[name] = variable[...]
+        summary = {
+            layer: (rows, m["mean"], m["var"] * rows) for layer, m in moments.items()
+        }
+        totals = summary if totals is None else {
+            layer: _merge(totals[layer], summary[layer]) for layer in totals
+        }
+    updates = []
+    for layer, (count, mean, sum_squares) in (totals or {}).items():
+        updates += [((*layer, "mean"), mean), ((*layer, "var"), sum_squares / count)]
+    flat = dict(nnx.to_flat_state(model_state))
+    for path, value in updates:
+        flat[path] = flat[path].replace(value.astype(flat[path][...].dtype))
+    return nnx.from_flat_state(flat)
+
+
+def recompute_model_state(
+        model: Any, params: Any, model_state: Any, images: Any, *, batch_size: int = 256
+) -> Any:
+    """The model state of ``params`` with its batch-norm statistics measured again.
+
+    A Linen model's ``batch_stats`` collection is recomputed by :func:`recompute_batch_stats`;
+    an NNX model's ``nnx.BatchStat`` variables likewise, each layer's statistics of every
+    batch merged by Chan et al.'s update (exact for the first layer; later layers see the
+    inputs training would show them). Dropout is off during the pass. A model without batch
+    statistics gets ``model_state`` back as it is.
+
+    Args:
+        model: a Flax Linen or NNX module (or its
+            :class:`~jaxtricks.training.model.FunctionalModel`).
+        params: the parameters to measure (typically averaged ones).
+        model_state: the model's state, e.g. the training state's (its other parts are kept).
+        images: the inputs to measure on, an array ``(N, ...)``, typically the training ones.
+        batch_size: examples per forward pass, >= 1.
+
+    Returns:
+        ``model_state`` with every batch-norm layer's statistics replaced.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from flax import nnx
+        >>> rngs = nnx.Rngs(0)
+        >>> model = nnx.Sequential(nnx.Linear(2, 2, rngs=rngs), nnx.BatchNorm(2, rngs=rngs))
+        >>> _, params, state = nnx.split(model, nnx.Param, ...)
+        >>> x = jnp.arange(12.0).reshape(6, 2)
+        >>> fresh = recompute_model_state(model, params, state, x, batch_size=6)
+        >>> z = model.layers[0](x)
+        >>> bool(jnp.allclose(fresh["layers"][1]["mean"][...], z.mean(0), atol=1e-5))
+        True
+    """
+    fm = functional_model(model)
+    batch_size = _check_batch_size(batch_size)
+    images = jnp.asarray(images)
+    if fm.kind == "nnx":
+        if not nnx.to_flat_state(nnx.filter_state(model_state, nnx.BatchStat)):
+            return model_state
+        return _recompute_nnx(fm, params, model_state, images, batch_size)
+    stats = model_state.get("batch_stats") if isinstance(model_state, dict) else None
+    if not stats:
+        return model_state
+    fresh = recompute_batch_stats(
+        fm.module, params, images, batch_size=batch_size, batch_stats_template=stats
+    )
+    return {**model_state, "batch_stats": fresh}

@@ -12,30 +12,52 @@ Orbax writes a checkpoint into ``<directory>/<t>.orbax-checkpoint-tmp-*`` and re
 that looks finished; unfinished ones are ignored, and removed by the next save. Orbax keeps the
 newest ``max_to_keep`` checkpoints and deletes older ones after each save.
 
-Restoring checks SHA-256(restored bytes of ℓ) = h_ℓ for every leaf, and the metadata's seal:
-Orbax checks no checksum of its own, so a bit flipped inside an array file otherwise restores
-without any error (seen with orbax-checkpoint 0.12.8). A checkpoint that cannot be read, or
-that reads back other bits than were saved, is damaged: :meth:`CheckpointManager.restore` warns,
-naming it, and falls back to the newest checkpoint that verifies.
+Once Orbax has finished, a manifest ``<t>/jaxtricks-files.json`` records the SHA-256 of every
+file of the checkpoint. Restoring checks the manifest first, so a damaged file is found without
+handing it to Orbax (whose failed reads leave worker threads printing tracebacks long after the
+call), then SHA-256(restored bytes of ℓ) = h_ℓ for every leaf, and the metadata's seal: Orbax
+checks no checksum of its own, so a bit flipped inside an array file otherwise restores without
+any error (seen with orbax-checkpoint 0.12.8). A checkpoint that cannot be read, has no
+manifest (its save was cut short), or reads back other bits than were saved, is damaged:
+:meth:`CheckpointManager.restore` warns once, naming it, and falls back to the newest checkpoint
+that verifies.
+
+Before a save, the directory must be writable and its disk must have room for the arrays: a
+:class:`CheckpointSaveError` says which is not so, without a partial write.
 """
 
+import contextlib
 import hashlib
 import json
 import os
-import time
+import shutil
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from typing import Any, NamedTuple
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointHook",
+    "CheckpointManager",
+    "CheckpointSaveError",
+    "DamagedCheckpointError",
+]
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from jaxtricks.training.epochs import zero_totals
-from jaxtricks.tricks._checks import check_int
+from jaxtricks.files import write_json
+from jaxtricks.training.history import EpochRecord
+from jaxtricks.training.hooks import Hook, Run
 
 # Bumped when the layout of the metadata changes; a checkpoint of another format is refused.
 FORMAT = 1
+MANIFEST = "jaxtricks-files.json"
+# Room kept free beyond the arrays' own bytes when saving: Orbax's metadata and file layout.
+_SAVE_MARGIN_BYTES = 1 << 20
 
 
 class Checkpoint(NamedTuple):
@@ -48,6 +70,11 @@ class Checkpoint(NamedTuple):
 
 class DamagedCheckpointError(ValueError):
     """A checkpoint that cannot be read, or reads back other bits than were saved."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (a full or read-only disk, ...); nothing was kept of
+    it, and the checkpoints saved before it are untouched."""
 
 
 class CheckpointManager:
@@ -78,9 +105,10 @@ class CheckpointManager:
         if not isinstance(directory, str | os.PathLike):
             raise ValueError(f"directory must be a path, got {directory!r}")
         self.directory = os.path.abspath(os.fspath(directory))
-        self.max_to_keep = check_int("max_to_keep", max_to_keep, low=1)
+        self.max_to_keep = _check_count("max_to_keep", max_to_keep, 1)
 
-    def _orbax(self, *, writing: bool) -> ocp.CheckpointManager:
+    def _orbax(self, *, writing: bool) -> Any:
+        ocp = _orbax()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.max_to_keep,
             enable_async_checkpointing=False,
@@ -119,7 +147,7 @@ class CheckpointManager:
         Returns:
             The checkpoint's directory.
         """
-        step = check_int("step", step, low=0)
+        step = _check_count("step", step, 0)
         metadata = {} if metadata is None else metadata
         if not isinstance(metadata, dict):
             raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
@@ -150,22 +178,48 @@ class CheckpointManager:
         ]
         content = {"format": FORMAT, "leaves": records, "metadata": metadata}
         sealed = {"sha256": _seal(content), "content": content}
+        latest = max(self.steps(), default=None)
+        if latest is not None and step <= latest:
+            raise ValueError(
+                f"step must be newer than the latest checkpoint ({latest}) in "
+                f"{self.directory}, got {step}"
+            )
+        self._check_room(step, sum(np.asarray(array).nbytes for array in host))
         # Leaves are saved as a flat list: Orbax then restores exactly these arrays, and
         # ``restore`` rebuilds the caller's structure from ``like``.
-        with self._orbax(writing=True) as manager:
-            latest = manager.latest_step()
-            if latest is not None and step <= latest:
-                raise ValueError(
-                    f"step must be newer than the latest checkpoint ({latest}) in "
-                    f"{self.directory}, got {step}"
+        try:
+            ocp = _orbax()
+            with _quiet_on_failure(), self._orbax(writing=True) as manager:
+                manager.save(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardSave(leaves), metadata=ocp.args.JsonSave(sealed)
+                    ),
                 )
-            manager.save(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(leaves), metadata=ocp.args.JsonSave(sealed)
-                ),
-            )
+            _write_manifest(self.path(step))
+        except Exception as err:
+            raise CheckpointSaveError(
+                f"could not save the checkpoint of step {step} in {self.directory}: "
+                f"{_reason(err)}"
+            ) from err
         return self.path(step)
+
+    def _check_room(self, step: int, array_bytes: int) -> None:
+        """Raises :class:`CheckpointSaveError` unless the directory can take the save."""
+        existing = self.directory
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise CheckpointSaveError(
+                f"could not save the checkpoint of step {step}: {existing} is not writable"
+            )
+        free = shutil.disk_usage(existing).free
+        if free < array_bytes + _SAVE_MARGIN_BYTES:
+            raise CheckpointSaveError(
+                f"could not save the checkpoint of step {step} in {self.directory}: the disk has "
+                f"{free / 2**20:.1f} MiB free and the checkpoint needs about "
+                f"{(array_bytes + _SAVE_MARGIN_BYTES) / 2**20:.1f} MiB"
+            )
 
     def restore(self, like: Any, *, step: int | None = None) -> Checkpoint | None:
         """Reads back the newest checkpoint that verifies, or the one of ``step``.
@@ -211,7 +265,9 @@ class CheckpointManager:
     def _restore(self, step: int, like: Any) -> Checkpoint:
         where = f"checkpoint {self.path(step)}"
         try:
-            with self._orbax(writing=False) as manager:
+            _verify_manifest(self.path(step))
+            ocp = _orbax()
+            with _quiet_on_failure(), self._orbax(writing=False) as manager:
                 sealed = manager.restore(
                     step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
                 ).metadata
@@ -227,7 +283,7 @@ class CheckpointManager:
         _check_like(where, records, paths_leaves)
         abstract = [_abstract(leaf) for _, leaf in paths_leaves]
         try:
-            with self._orbax(writing=False) as manager:
+            with _quiet_on_failure(), self._orbax(writing=False) as manager:
                 leaves = manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 ).state
@@ -292,172 +348,224 @@ def _check_like(where: str, records: list[dict[str, Any]], paths_leaves: list) -
         raise ValueError(f"like has {len(wanted)} leaves, but {where} holds {len(saved)}")
 
 
-class _Resumed(NamedTuple):
-    """Where :func:`~jaxtricks.training.fit.fit` picks a run up from a checkpoint."""
+@contextlib.contextmanager
+def _quiet_on_failure() -> Iterator[None]:
+    """Holds back what the block writes to the standard error (file descriptor 2), and gives it
+    back unless the block raises.
 
-    state: Any  # the TrainState saved
-    totals: Any  # the running totals of the epoch in progress (zero at an epoch's end)
-    records: list[dict[str, Any]]  # the history records of the epochs finished
-    first_epoch: int  # the epochs done when the run began (0, or a given state's)
-    extra_tree: Any  # other training state saved with it, arrays (see _RunCheckpoints.save)
-    extra: dict[str, Any]  # other training state saved with it, JSON
+    Orbax and TensorStore report a failed read or write with hundreds of lines of tracebacks
+    from their worker threads ("Event loop is closed", ...); the exception raised carries the
+    reason, said once in one line by the caller.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
 
 
-class _RunCheckpoints:
-    """The checkpoints of one ``fit`` run: when to save, what a checkpoint holds, resuming.
+def _checkpoint_files(path: str) -> dict[str, str]:
+    """Every file of the checkpoint directory but the manifest: relative path -> SHA-256."""
+    files = {}
+    for folder, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(folder, name)
+            relative = os.path.relpath(full, path)
+            if relative == MANIFEST:
+                continue
+            with open(full, "rb") as file:
+                files[relative] = hashlib.file_digest(file, "sha256").hexdigest()
+    return dict(sorted(files.items()))
 
-    The tree saved is ``(state, totals, extra_tree)``, the running totals of the epoch in
-    progress being what makes a resumed epoch's means equal the uninterrupted ones, and
-    ``extra_tree`` the arrays of other training state (early stopping's, averaging's); the
-    metadata holds the step, the epochs done, the run's config and first epoch, the history so
-    far and ``extra``.
+
+def _write_manifest(path: str) -> None:
+    write_json(os.path.join(path, MANIFEST), {"format": FORMAT, "files": _checkpoint_files(path)})
+
+
+def _verify_manifest(path: str) -> None:
+    """Raises ``ValueError`` unless the files of the checkpoint are those its manifest lists."""
+    try:
+        with open(os.path.join(path, MANIFEST), encoding="utf-8") as file:
+            manifest = json.load(file)
+    except FileNotFoundError:
+        raise ValueError(f"it has no {MANIFEST}: its save did not finish") from None
+    except ValueError as err:
+        raise ValueError(f"its {MANIFEST} is not JSON ({err})") from None
+    files = _checkpoint_files(path)
+    listed = manifest.get("files", {}) if isinstance(manifest, dict) else {}
+    for name in sorted(set(files) | set(listed)):
+        if name not in files:
+            raise ValueError(f"its file {name} is missing")
+        if name not in listed:
+            raise ValueError(f"its file {name} is not in its manifest")
+        if files[name] != listed[name]:
+            raise ValueError(f"its file {name} changed since it was saved")
+
+
+def _orbax() -> Any:
+    """``orbax.checkpoint``, imported on first use: ``import jaxtricks`` stays light."""
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def _check_count(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return int(value)
+
+
+class CheckpointHook(Hook):
+    """Saves a run's checkpoints and resumes it from the newest good one.
+
+    A checkpoint of step t holds the training state, the running totals of the epoch in
+    progress (zero at an epoch's end; they make a resumed epoch's means equal the
+    uninterrupted ones), every other hook's :meth:`~jaxtricks.training.hooks.Hook.
+    checkpoint_state` (early stopping's best weights, the weight average, ...) and, as JSON,
+    the history so far and the run's config (seed, batch size, training and validation set
+    sizes, skip_nonfinite, ...). A run resumed from it ends bit-identical to the run had it not
+    stopped (timings aside).
+
+    Args:
+        directory: the folder of the checkpoints. Without ``resume`` it must hold none yet.
+        every_epochs: save at the end of every epoch that is a multiple of this (None: not at
+            epochs' ends). The run's last epoch is always saved.
+        every_steps: also save after every step that is a multiple of this, in the middle of
+            epochs too (the epoch pauses there). None: only at epochs' ends.
+        keep: the newest checkpoints to keep, >= 1.
+        resume: continue from the newest checkpoint that verifies (damaged newer ones are
+            skipped with one warning each and deleted), up to the run's first epoch plus
+            the ``epochs`` this ``fit`` asks for (with the interrupted call's ``epochs``, the
+            epoch it would have reached); with none there, start afresh. A checkpoint of
+            another config, model, optimizer or hooks is refused with a ``ValueError`` saying
+            which.
+
+    Example:
+        >>> import tempfile
+        >>> hook = CheckpointHook(tempfile.mkdtemp(), every_steps=100)
+        >>> hook.order
+        80
     """
 
-    def __init__(
-            self,
-            directory: str | os.PathLike,
-            *,
-            every_steps: int | None,
-            every_epochs: int | None,
-            keep: int,
-            resume: bool,
-            config: dict[str, Any],
-            steps_per_epoch: int,
-    ):
-        self.every_steps = every_steps
-        self.every_epochs = every_epochs
+    order = 80
+
+    def __init__(self, directory: str | os.PathLike, *, every_epochs: int | None = 1,
+                 every_steps: int | None = None, keep: int = 3, resume: bool = False):
+        if every_epochs is not None:
+            _check_count("every_epochs", every_epochs, 1)
+        if every_steps is not None:
+            _check_count("every_steps", every_steps, 1)
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be a bool, got {resume!r}")
         self.manager = CheckpointManager(directory, max_to_keep=keep)
+        self.every_epochs = every_epochs
+        self.every_steps = every_steps
         self.resume = resume
-        self.config = config
-        self.steps_per_epoch = steps_per_epoch
-        self.first_epoch = 0
 
-    def start(self, state: Any, extra_tree: Any = None) -> _Resumed | None:
-        """Restores the newest good checkpoint when resuming, deleting damaged newer ones.
+    def _stateful_hooks(self, run: Run) -> dict[str, Hook]:
+        return {
+            f"{index}:{type(hook).__name__}": hook
+            for index, hook in enumerate(run.hooks)
+            if hook is not self and hook.checkpoint_state() is not None
+        }
 
-        ``state`` and ``extra_tree`` give the structure, shapes and dtypes to restore. Without
-        ``resume``, a directory that already holds checkpoints is refused rather than mixed with
-        another run's.
-        """
-        self.first_epoch = int(state.step) // self.steps_per_epoch
+    def _tree(self, run: Run, totals: Any) -> tuple[Any, Any, dict[str, Any]]:
+        hooks = self._stateful_hooks(run)
+        arrays = {name: hook.checkpoint_state()[0] for name, hook in hooks.items()}
+        return run.state, totals, arrays
+
+    def on_train_begin(self, run: Run) -> None:
         steps = self.manager.steps()
         if not self.resume:
             if steps:
                 raise ValueError(
-                    f"checkpoint_dir {self.manager.directory} already holds the checkpoints of "
-                    f"steps {steps}: pass resume=True to continue that run, or another directory"
+                    f"directory {self.manager.directory} already holds the checkpoints of steps "
+                    f"{steps}: resume that run (resume=True), or choose another directory"
                 )
-            return None
-        extra_tree = {} if extra_tree is None else extra_tree
+            return
         try:
-            restored = self.manager.restore((state, zero_totals(), extra_tree))
+            restored = self.manager.restore(self._tree(run, run.zero_totals()))
         except ValueError as err:
             raise ValueError(
                 f"resume: {err}. The checkpoint was saved by a run with another model, "
-                "optimizer, early_stopping or averaging than this one: resume it with the same, "
-                "or start in another directory"
+                "optimizer or hooks than this one: resume it with the same, or start in another "
+                "directory"
             ) from err
         good = -1 if restored is None else restored.step
         for step in steps:
             if step > good:
                 self.manager.delete(step)
         if restored is None:
-            return None
+            return
         metadata = restored.metadata
-        for name, value in self.config.items():
-            if metadata["config"].get(name) != value:
+        for name, value in run.config.items():
+            saved = metadata["config"].get(name)
+            if saved != value:
                 raise ValueError(
                     f"resume: checkpoint {self.manager.path(good)} was saved by a run with "
-                    f"{name}={metadata['config'].get(name)!r}, this one has {name}={value!r}; "
-                    "resume it with the same arguments, or start in another directory"
+                    f"{name}={saved!r}, this one has {name}={value!r}; resume it with the same, "
+                    "or start in another directory"
                 )
-        self.first_epoch = metadata["first_epoch"]
-        state, totals, extra_tree = restored.tree
-        return _Resumed(
-            state, totals, metadata["history"], self.first_epoch, extra_tree, metadata["extra"]
+        state, totals, arrays = restored.tree
+        run.state = state
+        run.history.epochs = [EpochRecord.from_dict(r) for r in metadata["history"]]
+        epochs = run.last_epoch - run.first_epoch  # asked of this run, counted from the first
+        run.first_epoch = metadata["first_epoch"]
+        run.last_epoch = run.first_epoch + epochs
+        run.epoch = int(state.step) // run.steps_per_epoch
+        if int(state.step) % run.steps_per_epoch:
+            run.resume_totals = totals
+        for name, hook in self._stateful_hooks(run).items():
+            hook.restore_checkpoint_state(run, arrays[name], metadata["hooks"][name])
+
+    def pause_steps(self, run: Run, epoch: int) -> list[int]:
+        if not self.every_steps:
+            return []
+        first = (epoch - 1) * run.steps_per_epoch
+        return [k for k in range(1, run.steps_per_epoch) if (first + k) % self.every_steps == 0]
+
+    def on_pause(self, run: Run, steps_done: int, totals: Any) -> None:
+        if self.every_steps and int(run.state.step) % self.every_steps == 0:
+            if steps_done < run.steps_per_epoch:
+                self.save(run, totals)
+
+    def on_epoch_end(self, run: Run, record: EpochRecord) -> None:
+        due = (
+            run.stop_training
+            or record.epoch == run.last_epoch
+            or bool(self.every_epochs and record.epoch % self.every_epochs == 0)
+            or bool(self.every_steps and record.step % self.every_steps == 0)
         )
+        if due:
+            self.save(run, None)
 
-    def segment_ends(self, epoch: int, start: int) -> list[int]:
-        """The steps of epoch ``epoch`` after ``start`` at which to stop: each mid-epoch
-        checkpoint's, then the epoch's end."""
-        first = (epoch - 1) * self.steps_per_epoch
-        middle = range(start + 1, self.steps_per_epoch) if self.every_steps else ()
-        return [k for k in middle if (first + k) % self.every_steps == 0] + [self.steps_per_epoch]
-
-    def due(self, epoch: int, *, final: bool) -> bool:
-        """Whether to save at the end of epoch ``epoch`` (always at the run's last)."""
-        step = epoch * self.steps_per_epoch
-        return (
-            final
-            or bool(self.every_epochs and epoch % self.every_epochs == 0)
-            or bool(self.every_steps and step % self.every_steps == 0)
-        )
-
-    def save(
-            self,
-            state: Any,
-            totals: Any,
-            history: dict[str, Any],
-            extra_tree: Any = None,
-            extra: dict[str, Any] | None = None,
-    ) -> float:
-        """Saves the run at ``state.step``; returns the seconds it took.
-
-        ``totals`` None means an epoch's end. ``extra_tree`` (arrays) and ``extra`` (JSON) are
-        the places for other training state to carry across a resume (they come back as
-        ``_Resumed.extra_tree`` and ``_Resumed.extra``).
-        """
-        begin = time.perf_counter()
-        step = int(state.step)
-        self.manager.save(
+    def save(self, run: Run, totals: Any) -> str:
+        """Saves the run as it stands (``totals``: the epoch's running totals, None at its end)."""
+        if totals is None:
+            totals = run.zero_totals()
+        hooks = self._stateful_hooks(run)
+        step = int(run.state.step)
+        return self.manager.save(
             step,
-            (
-                state,
-                zero_totals() if totals is None else totals,
-                {} if extra_tree is None else extra_tree,
-            ),
+            self._tree(run, totals),
             {
                 "step": step,
-                "epoch": step // self.steps_per_epoch,
-                "first_epoch": self.first_epoch,
-                "config": self.config,
-                "history": history["epochs"],
-                "extra": {} if extra is None else extra,
+                "first_epoch": run.first_epoch,
+                "epochs": run.last_epoch - run.first_epoch,
+                "config": run.config,
+                "history": [record.to_dict() for record in run.history.epochs],
+                "hooks": {name: hook.checkpoint_state()[1] for name, hook in hooks.items()},
             },
         )
-        return time.perf_counter() - begin
-
-
-def _run_checkpoints(
-        checkpoint_dir: str | os.PathLike | None,
-        every_steps: int | None,
-        every_epochs: int | None,
-        keep: int,
-        resume: bool,
-        config: dict[str, Any],
-        steps_per_epoch: int,
-) -> _RunCheckpoints | None:
-    """Checks ``fit``'s checkpoint arguments (named as ``fit`` names them); the run's
-    checkpoints, or None without a ``checkpoint_dir``."""
-    if every_steps is not None:
-        check_int("checkpoint_every_steps", every_steps, low=1)
-    if every_epochs is not None:
-        check_int("checkpoint_every_epochs", every_epochs, low=1)
-    check_int("keep_checkpoints", keep, low=1)
-    if not isinstance(resume, bool):
-        raise ValueError(f"resume must be a bool, got {resume!r}")
-    if checkpoint_dir is None:
-        if resume:
-            raise ValueError("resume=True needs the checkpoint_dir to resume from, got None")
-        return None
-    if not isinstance(checkpoint_dir, str | os.PathLike):
-        raise ValueError(f"checkpoint_dir must be a path or None, got {checkpoint_dir!r}")
-    return _RunCheckpoints(
-        checkpoint_dir,
-        every_steps=every_steps,
-        every_epochs=every_epochs,
-        keep=keep,
-        resume=resume,
-        config=config,
-        steps_per_epoch=steps_per_epoch,
-    )

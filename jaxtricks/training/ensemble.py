@@ -21,6 +21,12 @@ and is scored by ``accuracy = mean_i [argmax_y p(y | x_i) = y_i]`` and
 would start from (all from ``seed``'s with ``shared_init``), and every member sees the batches
 ``fit(seed=seed)`` sees: the data order of epoch e is ``permutation(fold_in(k_data, e))``.
 
+**Pieces.** :func:`fit_ensemble` is :func:`~jaxtricks.training.fit.fit`'s loop
+(:func:`~jaxtricks.training.fit.train_epochs`, the same epoch runners and hooks) over the
+stacked state, with the vmapped step of :func:`make_ensemble_train_step` and the evaluation of
+:func:`make_ensemble_eval_step`. Members are Linen modules: an NNX module holds one set of
+weights, and is vmapped with ``nnx.vmap`` instead.
+
 **Sweeps.** A hyperparameter injected with ``optax.inject_hyperparams`` is an array in the
 optimizer state, so giving member k its own value ``h_k`` sweeps K values in the same single
 compile (``hyperparams={"learning_rate": [h_1, ..., h_K]}``). A model attribute such as the
@@ -32,27 +38,31 @@ from __future__ import annotations
 
 import functools
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax import lax
 
-from jaxtricks.training.epochs import epoch_indices
-from jaxtricks.training.state import (
-    TrainState,
-    _check_model,
-    _check_optimizer,
-    _shared,
-    create_train_state,
+from jaxtricks.backend import speed_paths
+from jaxtricks.training.caching import shared
+from jaxtricks.training.epochs import choose_runner, compile_epoch_runner, epoch_indices
+from jaxtricks.training.fit import make_hooks, split_validation, train_epochs
+from jaxtricks.training.history import History
+from jaxtricks.training.hooks import Hook, Run
+from jaxtricks.training.model import FunctionalModel, functional_model
+from jaxtricks.training.state import TrainState, as_optimizer, create_train_state
+from jaxtricks.training.steps import (
+    LossFn,
+    check_examples,
+    check_labels,
+    evaluate,
+    make_objective,
+    make_train_step,
 )
-from jaxtricks.training.steps import _check_split, _check_train_test, _variables, make_train_step
-from jaxtricks.tricks._checks import check_int
 
 __all__ = [
     "create_ensemble",
@@ -60,14 +70,24 @@ __all__ = [
     "ensemble_probabilities",
     "evaluate_ensemble",
     "fit_ensemble",
+    "make_ensemble_eval_step",
     "make_ensemble_train_step",
 ]
 
-Batch = tuple[jax.Array, ...]
+Batch = tuple[Any, Any]
 Metrics = dict[str, jax.Array]
-History = dict[str, Any]
 
 _INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
+
+
+def _linen(model: Any) -> FunctionalModel:
+    fm = functional_model(model)
+    if fm.kind != "linen":
+        raise ValueError(
+            "model: an ensemble's members must be a flax.linen.Module (their weights are stacked "
+            f"along a new axis); got an {fm.kind} module: vmap it with nnx.vmap instead"
+        )
+    return fm
 
 
 def _check_keys(keys: Any) -> jax.Array:
@@ -140,10 +160,10 @@ def _set_hyperparams(opt_state: Any, values: dict[str, np.ndarray]) -> Any:
 
 
 def create_ensemble(
-        model: nn.Module,
-        optimizer: optax.GradientTransformation,
+        model: Any,
+        optimizer: Any,
         keys: jax.Array,
-        sample_input: jax.Array,
+        sample_input: Any,
         *,
         hyperparams: Mapping[str, Sequence[float]] | None = None,
 ) -> TrainState:
@@ -154,9 +174,9 @@ def create_ensemble(
     k's injected hyperparameter ``h`` is set to ``hyperparams[h][k]``.
 
     Args:
-      model: a Flax Linen module, as for :func:`~jaxtricks.training.state.create_train_state`.
-      optimizer: an Optax gradient transformation; wrap it with ``optax.inject_hyperparams`` to
-        give members their own hyperparameters.
+      model: a Flax Linen module.
+      optimizer: an Optax transformation; wrap it with ``optax.inject_hyperparams`` to give
+        members their own hyperparameters.
       keys: K typed PRNG keys, one per member, e.g. ``jax.random.split(key, K)``.
       sample_input: a batch of inputs fixing the parameter shapes.
       hyperparams: ``{name: K values}`` for hyperparameters injected by
@@ -167,21 +187,17 @@ def create_ensemble(
 
     Example:
       >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
-      >>> class Net(nn.Module):
-      ...     @nn.compact
-      ...     def __call__(self, x, train):
-      ...         return nn.Dense(3)(x)
       >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-      >>> states = create_ensemble(Net(), tx, jax.random.split(jax.random.key(0), 4),
+      >>> states = create_ensemble(nn.Dense(3), tx, jax.random.split(jax.random.key(0), 4),
       ...                          jnp.zeros((1, 5)), hyperparams={"learning_rate": [1, 2, 3, 4]})
-      >>> states.params["Dense_0"]["kernel"].shape, states.opt_state.hyperparams["learning_rate"]
+      >>> states.params["kernel"].shape, states.opt_state.hyperparams["learning_rate"]
       ((4, 5, 3), Array([1., 2., 3., 4.], dtype=float32))
     """
-    _check_model(model)
-    _check_optimizer(optimizer)
+    fm = _linen(model)
+    optimizer = as_optimizer(optimizer)
     keys = _check_keys(keys)
     values = _check_hyperparams(hyperparams, keys.shape[0])
-    states = jax.vmap(lambda key: create_train_state(model, optimizer, key, sample_input))(keys)
+    states = jax.vmap(lambda key: create_train_state(fm, optimizer, key, sample_input))(keys)
     if values:
         states = states._replace(opt_state=_set_hyperparams(states.opt_state, values))
     return states
@@ -192,24 +208,23 @@ def ensemble_member(states: TrainState, index: int) -> TrainState:
 
     Example:
       >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
-      >>> class Net(nn.Module):
-      ...     @nn.compact
-      ...     def __call__(self, x, train):
-      ...         return nn.Dense(3)(x)
-      >>> states = create_ensemble(Net(), optax.sgd(0.1), jax.random.split(jax.random.key(0), 2),
-      ...                          jnp.zeros((1, 5)))
-      >>> ensemble_member(states, 1).params["Dense_0"]["kernel"].shape
+      >>> states = create_ensemble(nn.Dense(3), optax.sgd(0.1),
+      ...                          jax.random.split(jax.random.key(0), 2), jnp.zeros((1, 5)))
+      >>> ensemble_member(states, 1).params["kernel"].shape
       (5, 3)
     """
     size = jax.tree.leaves(states)[0].shape[0]
-    index = check_int("index", index, low=-size, high=size - 1)
+    if isinstance(index, bool) or not isinstance(index, int) or not -size <= index < size:
+        raise ValueError(f"index must be an int in [{-size}, {size - 1}], got {index!r}")
     return jax.tree.map(lambda leaf: leaf[index], states)
 
 
 def make_ensemble_train_step(
-        model: nn.Module,
-        optimizer: optax.GradientTransformation,
+        model: Any,
+        optimizer: Any,
         *,
+        loss_fn: LossFn | None = None,
+        metrics: Mapping[str, LossFn] | None = None,
         skip_nonfinite: bool = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the compiled step that trains every member of an ensemble on one shared batch.
@@ -219,10 +234,11 @@ def make_ensemble_train_step(
 
     Args:
       model: the members' Flax Linen module.
-      optimizer: their Optax gradient transformation (injected hyperparameters may differ per
-        member: they live in the state).
-      skip_nonfinite: as in :func:`~jaxtricks.training.steps.make_train_step`; each member
-        skips its own non-finite steps.
+      optimizer: their Optax transformation (injected hyperparameters may differ per member:
+        they live in the state).
+      loss_fn: as for :func:`~jaxtricks.training.steps.make_train_step`.
+      metrics: as for :func:`~jaxtricks.training.steps.make_train_step`.
+      skip_nonfinite: as there; each member skips its own non-finite steps.
 
     Returns:
       ``ensemble_step(states, batch) -> (states, metrics)``, ``jit``-compiled, donating
@@ -230,354 +246,286 @@ def make_ensemble_train_step(
 
     Example:
       >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
-      >>> class Net(nn.Module):
-      ...     @nn.compact
-      ...     def __call__(self, x, train):
-      ...         return nn.Dense(2)(x)
       >>> tx = optax.sgd(0.1)
-      >>> states = create_ensemble(Net(), tx, jax.random.split(jax.random.key(0), 3),
+      >>> states = create_ensemble(nn.Dense(2), tx, jax.random.split(jax.random.key(0), 3),
       ...                          jnp.zeros((1, 4)))
-      >>> step = make_ensemble_train_step(Net(), tx)
+      >>> step = make_ensemble_train_step(nn.Dense(2), tx)
       >>> states, metrics = step(states, (jnp.ones((8, 4)), jnp.zeros(8, jnp.int32)))
       >>> states.step.tolist(), metrics["loss"].shape
       ([1, 1, 1], (3,))
     """
-    train_step = make_train_step(model, optimizer, skip_nonfinite=skip_nonfinite)
-    return _shared(_build_ensemble_step, train_step)
+    train_step = make_train_step(_linen(model), optimizer, loss_fn=loss_fn, metrics=metrics,
+                                 skip_nonfinite=skip_nonfinite, donate=False)
+    return shared(_build_ensemble_step, train_step)
 
 
 def _build_ensemble_step(train_step):
     return jax.jit(jax.vmap(train_step, in_axes=(0, None)), donate_argnums=0)
 
 
-def _member_logits(model: nn.Module, states: TrainState, images: jax.Array) -> jax.Array:
-    """``(K, N, C)`` float32 logits of every member, in evaluation mode."""
+def make_ensemble_eval_step(
+        model: Any,
+        *,
+        loss_fn: LossFn | None = None,
+        metrics: Mapping[str, LossFn] | None = None,
+) -> Callable[[TrainState, Batch, jax.Array], Metrics]:
+    """Builds the compiled evaluation of an ensemble: each member, and their average.
 
-    def logits(state):
-        variables = _variables(state.params, state.batch_stats)
-        return model.apply(variables, images, train=False).astype(jnp.float32)
+    Math: member k is scored as :func:`~jaxtricks.training.steps.make_eval_step` scores one
+    model (``member_loss``, ``member_<metric>``, K sums each). With the default loss the
+    ensemble predicts the averaged probabilities ``p = (1/K) Σ_k softmax(f_k(x))`` and is
+    scored by ``loss = -log p(y | x)`` (computed as a log-sum-exp) and ``accuracy = [argmax p =
+    y]``; with a loss of one's own, the ensemble's output is the members' mean output, scored
+    by the loss and metrics as given.
 
-    return jax.vmap(logits)(states)
+    Args:
+      model: the members' Flax Linen module.
+      loss_fn: as for :func:`~jaxtricks.training.steps.make_eval_step`.
+      metrics: as there.
 
+    Returns:
+      ``eval_step(states, (x, y), mask) -> sums``, ``jit``-compiled: the masked sums of the
+      ensemble's ``loss`` and metrics, of ``member_loss`` and each ``member_<metric>`` (shape
+      ``(K,)``), and ``count``; :func:`~jaxtricks.training.steps.evaluate` turns them into
+      means.
 
-def _ensemble_sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    """Masked sums of the members' and the ensemble's losses and correct predictions.
-
-    ``log p(y | x) = logsumexp_k log softmax(f_k(x))_y - log K``, the log of the averaged
-    probabilities computed without leaving log space.
+    Example:
+      >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
+      >>> from jaxtricks.training.steps import evaluate
+      >>> states = create_ensemble(nn.Dense(2), optax.sgd(0.1),
+      ...                          jax.random.split(jax.random.key(0), 3), jnp.zeros((1, 4)))
+      >>> scores = evaluate(make_ensemble_eval_step(nn.Dense(2)), states, jnp.ones((5, 4)),
+      ...                   jnp.zeros(5, jnp.int32), batch_size=4)
+      >>> sorted(scores), len(scores["member_accuracy"])
+      (['accuracy', 'loss', 'member_accuracy', 'member_loss'], 3)
     """
-    log_probabilities = jax.nn.log_softmax(logits, axis=-1)
-    ensemble = jax.nn.logsumexp(log_probabilities, axis=0) - math.log(logits.shape[0])
+    return shared(_build_ensemble_eval_step, _linen(model), make_objective(loss_fn, metrics))
 
-    def nll(log_p, labels):
-        return -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
 
-    def masked_sum(values, mask):
-        return jnp.sum(jnp.where(mask, values, jnp.zeros_like(values)), axis=-1)
+def _log_mean_softmax(outputs: jax.Array) -> jax.Array:
+    """``log (1/K) Σ_k softmax(z_k)`` over the leading member axis, in log space."""
+    log_p = jax.nn.log_softmax(outputs.astype(jnp.float32), axis=-1)
+    return jax.nn.logsumexp(log_p, axis=0) - math.log(outputs.shape[0])
 
-    # The members' arrays lead with K; labels and mask get that axis explicitly.
-    member_labels = jnp.broadcast_to(labels, logits.shape[:-1])
-    member_mask = jnp.broadcast_to(mask, logits.shape[:-1])
-    return {
-        "member_loss_sum": masked_sum(nll(log_probabilities, member_labels), member_mask),
-        "member_correct": masked_sum(jnp.argmax(logits, axis=-1) == member_labels, member_mask),
-        "ensemble_loss_sum": masked_sum(nll(ensemble, labels), mask),
-        "ensemble_correct": masked_sum(jnp.argmax(ensemble, axis=-1) == labels, mask),
-        "count": jnp.sum(mask.astype(jnp.int32)),
-    }
+
+def _build_ensemble_eval_step(fm: FunctionalModel, objective):
+    def eval_step(states: TrainState, batch: Batch, mask: jax.Array) -> Metrics:
+        x, y = batch
+
+        def outputs_of(state):
+            return fm.apply(state.params, state.model_state, x, train=False, key=None)[0]
+
+        outputs = jax.vmap(outputs_of)(states)
+
+        def masked_sum(values):
+            return jnp.sum(jnp.where(mask, values.astype(jnp.float32), 0.0), axis=-1)
+
+        functions = (("loss", objective.loss_fn), *objective.metrics)
+        sums = {}
+        for name, fn in functions:
+            sums[f"member_{name}"] = masked_sum(jax.vmap(fn, in_axes=(0, None))(outputs, y))
+        if objective.integer_labels:
+            log_p = _log_mean_softmax(outputs)
+            sums["loss"] = masked_sum(-jnp.take_along_axis(log_p, y[:, None], axis=-1)[:, 0])
+            sums["accuracy"] = masked_sum(jnp.argmax(log_p, axis=-1) == y)
+        else:
+            mean_output = jax.tree.map(lambda leaf: jnp.mean(leaf, axis=0), outputs)
+            for name, fn in functions:
+                sums[name] = masked_sum(fn(mean_output, y))
+        sums["count"] = jnp.sum(mask, dtype=jnp.int32)
+        return sums
+
+    return jax.jit(eval_step)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _eval_batch(model, states, images, labels, mask):
-    return _ensemble_sums(_member_logits(model, states, images), labels, mask)
+def _probabilities(fm, states, x):
+    return jnp.exp(_log_mean_softmax(
+        jax.vmap(lambda s: fm.apply(s.params, s.model_state, x, train=False, key=None)[0])(states)
+    ))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _probabilities(model, states, images):
-    return jnp.mean(jax.nn.softmax(_member_logits(model, states, images), axis=-1), axis=0)
-
-
-def ensemble_probabilities(model: nn.Module, states: TrainState, images: jax.Array) -> jax.Array:
+def ensemble_probabilities(model: Any, states: TrainState, x: Any) -> jax.Array:
     """The ensemble's averaged class probabilities ``(1/K) Σ_k softmax(f_k(x))``.
 
     Args:
-      model: the members' Flax Linen module, applied with ``train=False``.
+      model: the members' Flax Linen module, applied in evaluation mode.
       states: the ensemble, e.g. from :func:`fit_ensemble`.
-      images: a floating batch ``(N, ...)``.
+      x: a batch of inputs ``(N, ...)``.
 
     Returns:
       A float32 array ``(N, C)`` whose rows sum to 1.
 
     Example:
       >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
-      >>> class Net(nn.Module):
-      ...     @nn.compact
-      ...     def __call__(self, x, train):
-      ...         return nn.Dense(3)(x)
-      >>> states = create_ensemble(Net(), optax.sgd(0.1), jax.random.split(jax.random.key(0), 2),
-      ...                          jnp.zeros((1, 5)))
-      >>> p = ensemble_probabilities(Net(), states, jnp.ones((4, 5)))
+      >>> states = create_ensemble(nn.Dense(3), optax.sgd(0.1),
+      ...                          jax.random.split(jax.random.key(0), 2), jnp.zeros((1, 5)))
+      >>> p = ensemble_probabilities(nn.Dense(3), states, jnp.ones((4, 5)))
       >>> p.shape, bool(jnp.allclose(p.sum(axis=1), 1.0))
       ((4, 3), True)
     """
-    _check_model(model)
-    return _probabilities(model, states, jnp.asarray(images))
+    return _probabilities(_linen(model), states, jnp.asarray(x))
 
 
-def evaluate_ensemble(
-        model: nn.Module,
-        states: TrainState,
-        images: Any,
-        labels: Any,
-        *,
-        batch_size: int = 1000,
-) -> dict[str, Any]:
+def evaluate_ensemble(model: Any, states: TrainState, x: Any, y: Any, *,
+                      batch_size: int = 1000) -> dict[str, Any]:
     """Scores every member and the ensemble (averaged probabilities) on a labelled split.
 
-    Math: member k: ``mean_i -log softmax(f_k(x_i))_{y_i}`` and its accuracy; ensemble:
-    ``mean_i -log p(y_i | x_i)`` and ``mean_i [argmax p(· | x_i) = y_i]`` with
-    ``p = (1/K) Σ_k softmax(f_k)``. Batches are padded to one shape and the padding masked out.
-
-    Args:
-      model: the members' Flax Linen module, applied with ``train=False``.
-      states: the ensemble.
-      images: float array ``(N, ...)``.
-      labels: integer array ``(N,)``.
-      batch_size: examples per compiled batch, >= 1 (at most N are used).
+    :func:`~jaxtricks.training.steps.evaluate` with :func:`make_ensemble_eval_step`.
 
     Returns:
-      ``{"ensemble_loss": float, "ensemble_accuracy": float, "member_loss": [K floats],
+      ``{"loss": float, "accuracy": float, "member_loss": [K floats],
       "member_accuracy": [K floats]}``.
-
-    Example:
-      >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
-      >>> class Net(nn.Module):
-      ...     @nn.compact
-      ...     def __call__(self, x, train):
-      ...         return nn.Dense(2)(x)
-      >>> states = create_ensemble(Net(), optax.sgd(0.1), jax.random.split(jax.random.key(0), 3),
-      ...                          jnp.zeros((1, 4)))
-      >>> result = evaluate_ensemble(Net(), states, jnp.ones((5, 4)), jnp.zeros(5, jnp.int32))
-      >>> sorted(result), len(result["member_accuracy"])
-      (['ensemble_accuracy', 'ensemble_loss', 'member_accuracy', 'member_loss'], 3)
     """
-    _check_model(model)
-    images, labels = _check_split("images", images, "labels", labels)
-    batch_size = min(check_int("batch_size", batch_size, low=1), images.shape[0])
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels, jnp.int32)
-    totals = None
-    for start in range(0, images.shape[0], batch_size):
-        chunk_images = images[start : start + batch_size]
-        chunk_labels = labels[start : start + batch_size]
-        padding = batch_size - chunk_images.shape[0]
-        mask = jnp.arange(batch_size) < chunk_images.shape[0]
-        if padding:
-            chunk_images = jnp.concatenate(
-                [chunk_images, jnp.zeros((padding, *images.shape[1:]), images.dtype)]
-            )
-            chunk_labels = jnp.concatenate([chunk_labels, jnp.zeros((padding,), jnp.int32)])
-        sums = _eval_batch(model, states, chunk_images, chunk_labels, mask)
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    totals = jax.device_get(totals)
-    count = int(totals["count"])
-    return {
-        "ensemble_loss": float(totals["ensemble_loss_sum"]) / count,
-        "ensemble_accuracy": int(totals["ensemble_correct"]) / count,
-        "member_loss": [float(value) / count for value in totals["member_loss_sum"]],
-        "member_accuracy": [int(value) / count for value in totals["member_correct"]],
-    }
-
-
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def _train_epoch(ensemble_step, states, images, labels, indices):
-    """One epoch as one ``lax.scan`` over its batches; per-step metrics of shape ``(S, K)``."""
-
-    def body(states, rows):
-        batch = (jnp.take(images, rows, axis=0), jnp.take(labels, rows, axis=0))
-        return ensemble_step(states, batch)
-
-    return lax.scan(body, states, indices)
-
-
-def _check_labels(model, states, images, train_labels, test_labels) -> None:
-    """Labels must index the model's logits; out-of-range labels would train on garbage."""
-    first = ensemble_member(states, 0)
-    logits = jax.eval_shape(
-        lambda variables, x: model.apply(variables, x, train=False),
-        _variables(first.params, first.batch_stats),
-        jax.ShapeDtypeStruct((1, *images.shape[1:]), images.dtype),
-    )
-    classes = logits.shape[-1]
-    for name, labels in (("train_labels", train_labels), ("test_labels", test_labels)):
-        low, high = int(np.min(labels)), int(np.max(labels))
-        if low < 0 or high >= classes:
-            raise ValueError(
-                f"{name} must be in [0, {classes}) for a model with {classes} logits, got "
-                f"values in [{low}, {high}]"
-            )
-
-
-def _mean_applied(values: np.ndarray, applied: np.ndarray) -> list[float]:
-    """Per member: the mean over the steps it applied (NaN when it skipped them all)."""
-    counts = applied.sum(axis=0)
-    sums = np.where(applied, values, 0.0).sum(axis=0)
-    return [float(s / c) if c else math.nan for s, c in zip(sums, counts, strict=True)]
+    return evaluate(make_ensemble_eval_step(model), states, x, y, batch_size=batch_size)
 
 
 def fit_ensemble(
-        model: nn.Module,
-        optimizer: optax.GradientTransformation,
-        train_images: Any,
-        train_labels: Any,
-        test_images: Any,
-        test_labels: Any,
+        model: Any,
+        optimizer: Any,
+        x: Any,
+        y: Any,
         *,
         num_members: int,
         epochs: int,
         batch_size: int = 128,
+        validation_data: tuple[Any, Any] | None = None,
+        validation_split: float = 0.0,
+        loss_fn: LossFn | None = None,
+        metrics: Mapping[str, LossFn] | None = None,
+        callbacks: Iterable[Hook | Callable[..., Any]] = (),
         seed: int = 0,
         hyperparams: Mapping[str, Sequence[float]] | None = None,
         shared_init: bool = False,
         skip_nonfinite: bool = True,
-        eval_batch_size: int = 1000,
+        progress: bool = True,
+        runner: str | None = None,
 ) -> tuple[TrainState, History]:
-    """Trains ``num_members`` models together, one compiled program per epoch, and scores them.
+    """Trains ``num_members`` models together, one compiled program per step, and scores them.
 
-    Member k starts from the state ``fit(seed=seed + k)`` would start from (``seed``'s own when
-    ``shared_init``), all members see the batches ``fit(seed=seed)`` sees, and after each
-    epoch every member and the ensemble (averaged probabilities) are evaluated on the test
-    split; see the module docstring.
+    :func:`~jaxtricks.training.fit.fit`'s loop over K stacked states (see the module
+    docstring): member k starts from the state ``fit(seed=seed + k)`` would start from
+    (``seed``'s own when ``shared_init``), all members see the batches ``fit(seed=seed)``
+    sees, and after each epoch every member and the ensemble are evaluated on the validation
+    data.
 
     Args:
-      model: a Flax Linen module, as for :func:`~jaxtricks.training.fit.fit`.
-      optimizer: an Optax gradient transformation; wrap it with ``optax.inject_hyperparams``
-        for a sweep.
-      train_images: float array ``(N, ...)``, already scaled.
-      train_labels: integer array ``(N,)`` in [0, number of logits).
-      test_images: float array ``(M, ...)`` with the training images' feature shape.
-      test_labels: integer array ``(M,)``.
+      model: a Flax Linen module.
+      optimizer: an Optax transformation; wrap it with ``optax.inject_hyperparams`` for a
+        sweep.
+      x, y, epochs, batch_size, validation_data, validation_split, loss_fn, metrics,
+        callbacks, seed, skip_nonfinite, progress, runner: as for
+        :func:`~jaxtricks.training.fit.fit` (hooks see the stacked state).
       num_members: K, the number of models, >= 1.
-      epochs: epochs to train, >= 1.
-      batch_size: examples per step, in [1, N]; the N mod batch_size left over are dropped
-        each epoch.
-      seed: non-negative int; member k's start derives from ``seed + k``, the data order from
-        ``seed``.
       hyperparams: ``{name: K values}``: member k trains with the injected hyperparameter
         ``name`` set to the k-th value (a sweep in one compile); see :func:`create_ensemble`.
       shared_init: start every member from the same state (``seed``'s), so that a sweep
         compares hyperparameters and nothing else.
-      skip_nonfinite: as in :func:`~jaxtricks.training.steps.make_train_step`, per member.
-      eval_batch_size: examples per compiled evaluation batch, >= 1.
 
     Returns:
       ``(states, history)``: the trained ensemble (leading axis K; see
-      :func:`ensemble_member`) and a history. ``history["header"]`` holds seed, member_seeds,
-      num_members, shared_init, hyperparams (name -> K values), batch_size, epochs,
-      train_examples, test_examples, steps_per_epoch, skip_nonfinite, backend and
-      compile_time_s (compiling the epoch program, which is compiled once). Each record of
-      ``history["epochs"]`` holds epoch, step, member_train_loss and member_train_accuracy
-      (K means over the epoch's applied steps), member_skipped_steps (K counts),
-      member_test_loss, member_test_accuracy (K each), ensemble_test_loss,
-      ensemble_test_accuracy, epoch_time_s and eval_time_s.
+      :func:`ensemble_member`) and its history. A record's ``loss`` and metrics are the
+      members' training means averaged over the members, with each member's in
+      ``record.info`` under the same name; ``val_loss`` and ``val_<metric>`` score the
+      ensemble's prediction, ``val_member_loss`` and ``val_member_<metric>`` the members'
+      (mean in ``metrics``, K values in ``info``). The header adds ``member_seeds``,
+      ``num_members``, ``shared_init`` and ``hyperparams``.
 
     Example:
-      >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
-      >>> class Net(nn.Module):
-      ...     @nn.compact
-      ...     def __call__(self, x, train):
-      ...         return nn.Dense(2)(x)
-      >>> labels = jnp.arange(64, dtype=jnp.int32) % 2
-      >>> images = jnp.where(labels[:, None] == 1, 1.0, -1.0) * jnp.ones((64, 4))
+      >>> import flax.linen as nn, jax.numpy as jnp, optax
+      >>> y = jnp.arange(64) % 2
+      >>> x = jnp.where(y[:, None] == 1, 1.0, -1.0) * jnp.ones((64, 4))
       >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
       >>> states, history = fit_ensemble(
-      ...     Net(), tx, images, labels, images, labels, num_members=3, epochs=2, batch_size=16,
-      ...     hyperparams={"learning_rate": [0.0, 0.01, 0.1]}, shared_init=True)
+      ...     nn.Dense(2), tx, x, y, num_members=3, epochs=2, batch_size=16,
+      ...     validation_data=(x, y), hyperparams={"learning_rate": [0.0, 0.01, 0.1]},
+      ...     shared_init=True, progress=False)
       >>> states.step.tolist()
       [8, 8, 8]
-      >>> [round(loss, 2) for loss in history["epochs"][-1]["member_test_loss"]]  # lr 0: untrained
-      [0.72, 0.57, 0.15]
+      >>> [round(v, 2) for v in history.epochs[-1].info["val_member_loss"]]  # lr 0: untrained
+      [0.16, 0.15, 0.08]
     """
-    _check_model(model)
-    _check_optimizer(optimizer)
-    train_images, train_labels, test_images, test_labels = _check_train_test(
-        train_images, train_labels, test_images, test_labels
-    )
-    num_train = train_images.shape[0]
-    num_members = check_int("num_members", num_members, low=1)
-    epochs = check_int("epochs", epochs, low=1)
-    batch_size = check_int("batch_size", batch_size, low=1, high=num_train)
-    seed = check_int("seed", seed, low=0)
-    eval_batch_size = check_int("eval_batch_size", eval_batch_size, low=1)
-    for name, flag in (("shared_init", shared_init), ("skip_nonfinite", skip_nonfinite)):
+    fm = _linen(model)
+    tx = as_optimizer(optimizer)
+    objective = make_objective(loss_fn, metrics)
+    (x, y), validation = split_validation(x, y, validation_data, validation_split)
+    num_examples = check_examples(("x", x), ("y", y))
+    for name, value, low, high in (("num_members", num_members, 1, None),
+                                   ("epochs", epochs, 1, None),
+                                   ("batch_size", batch_size, 1, num_examples),
+                                   ("seed", seed, 0, 2**63 - 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+                high is not None and value > high):
+            raise ValueError(f"{name} must be an int in [{low}, {high or 'inf'}], got {value!r}")
+    for name, flag in (("shared_init", shared_init), ("skip_nonfinite", skip_nonfinite),
+                       ("progress", progress)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}")
     values = _check_hyperparams(hyperparams, num_members)
+    runner = speed_paths().runner if runner is None else runner
 
     member_seeds = [seed] * num_members if shared_init else [seed + k for k in range(num_members)]
     # k_init of each member's seed, as fit(seed=s) splits it.
     init_keys = jnp.stack([jax.random.split(jax.random.key(s))[0] for s in member_seeds])
     data_key = jax.random.split(jax.random.key(seed))[1]
-    train_images, test_images = jnp.asarray(train_images), jnp.asarray(test_images)
-    train_labels = jnp.asarray(train_labels, jnp.int32)
-    test_labels = jnp.asarray(test_labels, jnp.int32)
-    states = create_ensemble(
-        model,
-        optimizer,
-        init_keys,
-        train_images[:1],
-        hyperparams=values or None,
-    )
-    _check_labels(model, states, train_images, train_labels, test_labels)
-    ensemble_step = make_ensemble_train_step(model, optimizer, skip_nonfinite=skip_nonfinite)
-    steps_per_epoch = num_train // batch_size
-    begin = time.perf_counter()
-    indices = epoch_indices(data_key, 1, num_train, batch_size)
-    train_epoch = _train_epoch.lower(
-        ensemble_step, states, train_images, train_labels, indices
-    ).compile()
-    history: History = {
-        "header": {
-            "seed": seed,
+    data = jax.device_put((x, y))
+    validation = None if validation is None else jax.device_put(validation)
+    states = create_ensemble(fm, tx, init_keys, jax.tree.map(lambda a: a[:1], data[0]),
+                             hyperparams=values or None)
+    if objective.integer_labels:
+        classes = jax.eval_shape(
+            lambda s: fm.apply(s.params, s.model_state, data[0], train=False, key=None)[0],
+            ensemble_member(states, 0),
+        ).shape[-1]
+        check_labels(y, classes, "y")
+        if validation is not None:
+            check_labels(validation[1], classes, "validation y")
+    # The arguments as given: the default loss (None) scores the ensemble by its averaged
+    # probabilities, an explicit loss function by its members' mean output.
+    train_step = make_ensemble_train_step(fm, tx, loss_fn=loss_fn, metrics=metrics,
+                                          skip_nonfinite=skip_nonfinite)
+    eval_step = make_ensemble_eval_step(fm, loss_fn=loss_fn, metrics=metrics)
+    steps_per_epoch = num_examples // batch_size
+    indices = epoch_indices(data_key, 1, num_examples, batch_size)
+    if runner == "auto":
+        epoch_runner, choice = choose_runner(train_step, states, data, indices)
+    else:
+        epoch_runner = compile_epoch_runner(train_step, runner, states, data, indices)
+        choice = {"runner": runner}
+    config = {
+        "seed": seed,
+        "batch_size": batch_size,
+        "train_examples": num_examples,
+        "validation_examples": 0 if validation is None else check_examples(("", validation)),
+        "skip_nonfinite": skip_nonfinite,
+        "num_members": num_members,
+    }
+    run = Run(
+        model=fm,
+        state=states,
+        history=History(header={
+            **config,
             "member_seeds": member_seeds,
-            "num_members": num_members,
             "shared_init": shared_init,
             "hyperparams": {name: value.tolist() for name, value in values.items()},
-            "batch_size": batch_size,
             "epochs": epochs,
-            "train_examples": num_train,
-            "test_examples": test_images.shape[0],
             "steps_per_epoch": steps_per_epoch,
-            "skip_nonfinite": skip_nonfinite,
             "backend": jax.default_backend(),
-            "compile_time_s": time.perf_counter() - begin,
-        },
-        "epochs": [],
-    }
-    for epoch in range(1, epochs + 1):
-        indices = epoch_indices(data_key, epoch, num_train, batch_size)
-        begin = time.perf_counter()
-        states, metrics = train_epoch(states, train_images, train_labels, indices)
-        metrics = jax.device_get(metrics)
-        epoch_time = time.perf_counter() - begin
-        begin = time.perf_counter()
-        scores = evaluate_ensemble(
-            model, states, test_images, test_labels, batch_size=eval_batch_size
-        )
-        applied = metrics["skipped"] == 0
-        history["epochs"].append(
-            {
-                "epoch": epoch,
-                "step": epoch * steps_per_epoch,
-                "member_train_loss": _mean_applied(metrics["loss"], applied),
-                "member_train_accuracy": _mean_applied(metrics["accuracy"], applied),
-                "member_skipped_steps": metrics["skipped"].sum(axis=0).tolist(),
-                "member_test_loss": scores["member_loss"],
-                "member_test_accuracy": scores["member_accuracy"],
-                "ensemble_test_loss": scores["ensemble_loss"],
-                "ensemble_test_accuracy": scores["ensemble_accuracy"],
-                "epoch_time_s": epoch_time,
-                "eval_time_s": time.perf_counter() - begin,
-            }
-        )
-    return states, history
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "runner": choice["runner"],
+            "compile_time_s": epoch_runner.compile_time_s,
+        }),
+        epoch=0,
+        first_epoch=0,
+        last_epoch=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        train_data=data,
+        evaluation_sets={} if validation is None else {"val": validation},
+        evaluate=lambda s, d: evaluate(eval_step, s, *d, batch_size=batch_size),
+        config=config,
+        zero_totals=epoch_runner.zero_totals,
+        hooks=make_hooks(callbacks, progress, health=False),
+    )
+    train_epochs(run, epoch_runner, data, data_key)
+    return run.state, run.history

@@ -1,11 +1,12 @@
 """Epochs over a dataset held on the device, run by a Python loop or by a compiled loop.
 
-With N examples, batch size B and S = ⌊N / B⌋ steps, epoch e visits the batches
+The dataset is ``data = (x, y)``, pytrees of arrays sharing a leading axis of N examples. With
+batch size B and S = ⌊N / B⌋ steps, epoch e visits the batches
 
     I_e = π_e[: S·B].reshape(S, B),   π_e = permutation(fold_in(key, e), N),
 
 dropping the N - S·B examples left over, so every step has one shape. The arrays stay on the
-device; each step gathers its rows x[I_e[i]], y[I_e[i]] inside compiled code, so no image is
+device; each step gathers its rows x[I_e[i]], y[I_e[i]] inside compiled code, so no example is
 copied from the host after the dataset is placed once.
 
 Two runners compute the same steps in the same order, with bit-identical results:
@@ -13,11 +14,12 @@ Two runners compute the same steps in the same order, with bit-identical results
 - ``"loop"``: one compiled call per step from a Python loop;
 - ``"scan"``: one compiled call per chunk of steps, a ``lax.fori_loop`` over the chunk.
 
-Both keep running totals of the step metrics on the device (loss, accuracy and gradient norm
-summed over the applied steps, skipped steps counted), read by the host only when it asks.
-Which runner is faster depends on the backend and the model (the compiled loop saves a dispatch
-per step, but XLA may compile a step inside a loop less well than on its own), so
-:func:`choose_runner` measures both rather than assume.
+Both keep running totals of the step metrics on the device (the loss, each metric and the
+gradient norm summed over the applied steps, skipped steps counted), read by the host only when
+it asks. Which runner is faster depends on the backend and the model (the compiled loop saves a
+dispatch per step, but XLA may compile a step inside a loop less well than on its own), so
+:func:`choose_runner` measures both rather than assume; which one ``fit`` uses by default is
+the backend's choice (:func:`jaxtricks.backend.speed_paths`).
 """
 
 import functools
@@ -30,10 +32,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxtricks.backend import speed_paths
 from jaxtricks.training.state import TrainState
-from jaxtricks.tricks._checks import check_choice
 
 RUNNERS = ("loop", "scan")
+
+__all__ = [
+    "RUNNERS",
+    "EpochRunner",
+    "choose_runner",
+    "compile_epoch_runner",
+    "epoch_indices",
+    "run_epoch",
+]
 
 # Steps timed per runner and round when choosing; small, because on some backends one runner is
 # an order of magnitude slower and the probe must not cost a noticeable part of an epoch.
@@ -78,56 +89,48 @@ def _epoch_indices(key, epoch, num_examples, batch_size):
     return order[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
 
 
-def zero_totals() -> Totals:
-    """Fresh running totals: float32 sums of loss, accuracy and grad_norm over applied steps,
-    int32 counts of skipped and of all steps."""
-    zero = jnp.zeros((), jnp.float32)
-    count = jnp.zeros((), jnp.int32)
-    return {"loss": zero, "accuracy": zero, "grad_norm": zero, "skipped": count, "steps": count}
+def _zero_totals(metrics_like: dict[str, Any]) -> Totals:
+    """Running totals of the step metrics: a float32 sum of each over the applied steps, and
+    int32 counts of the skipped steps and of all steps."""
+    totals = {
+        name: jnp.zeros(like.shape, jnp.int32 if name == "skipped" else jnp.float32)
+        for name, like in metrics_like.items()
+    }
+    totals["steps"] = jnp.zeros((), jnp.int32)
+    return totals
 
 
-def _one_step(train_step, state, totals, images, labels, indices, i):
+def _take(data: Any, rows: jax.Array) -> Any:
+    return jax.tree.map(lambda leaf: jnp.take(leaf, rows, axis=0, mode="clip"), data)
+
+
+def _one_step(train_step, state, totals, data, indices, i):
     rows = lax.dynamic_index_in_dim(indices, i, keepdims=False)
-    batch = (
-        jnp.take(images, rows, axis=0, mode="clip"),
-        jnp.take(labels, rows, axis=0, mode="clip"),
-    )
-    state, metrics = train_step(state, batch)
-    # A skipped step's loss is NaN by construction; it is counted, not averaged.
+    state, metrics = train_step(state, _take(data, rows))
+    # A skipped step's values describe a step that was not applied: counted, not averaged.
     applied = metrics["skipped"] == 0
     totals = {
-        name: totals[name] + jnp.where(applied, metrics[name], 0.0)
-        for name in ("loss", "accuracy", "grad_norm")
-    } | {"skipped": totals["skipped"] + metrics["skipped"], "steps": totals["steps"] + 1}
+        name: total + (metrics[name] if name == "skipped" else jnp.where(applied, metrics[name], 0))
+        for name, total in totals.items()
+        if name != "steps"
+    } | {"steps": totals["steps"] + 1}
     return state, totals
 
 
-def _loop_body(train_step, state, totals, images, labels, indices):
-    return _one_step(train_step, state, totals, images, labels, indices, totals["steps"])
+def _loop_body(train_step, state, totals, data, indices):
+    return _one_step(train_step, state, totals, data, indices, totals["steps"])
 
 
 # train_step is a static argument, so compiling again for the same step function and shapes (a
-# second runner choice, a second epoch loop) is a cache hit, not a new compilation. The loop
-# step donates the state except on the CPU, where the step that keeps it ran 1.05-1.31x as fast
-# as the donating one (the MNIST CNN, 8 interleaved A/Bs; docs/benchmarks.md).
+# second runner choice, a second epoch loop) is a cache hit, not a new compilation.
 _loop_step = jax.jit(_loop_body, static_argnums=0, donate_argnums=1)
 _loop_step_keeping = jax.jit(_loop_body, static_argnums=0)
 
 
-def _donates(images: Any) -> bool:
-    """Whether the loop runner donates the state: on every platform but the CPU (the images'
-    devices, or the default backend's for a host array)."""
-    if isinstance(images, jax.Array):
-        platforms = {device.platform for device in images.devices()}
-    else:
-        platforms = {jax.default_backend()}
-    return platforms != {"cpu"}
-
-
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def _scan_steps(train_step, state, totals, images, labels, indices, start, stop):
+def _scan_steps(train_step, state, totals, data, indices, start, stop):
     def body(i, carry):
-        return _one_step(train_step, *carry, images, labels, indices, i)
+        return _one_step(train_step, *carry, data, indices, i)
 
     return lax.fori_loop(start, stop, body, (state, totals))
 
@@ -138,20 +141,23 @@ class EpochRunner(NamedTuple):
     name: str  # "loop" or "scan"
     compiled: Callable[..., tuple[TrainState, Totals]]  # the ahead-of-time compiled executable
     compile_time_s: float  # seconds spent lowering and compiling it
+    totals_like: dict[str, Any]  # shapes and dtypes of the running totals
 
-    def advance(self, state, totals, images, labels, indices, start, stop):
-        """Runs steps ``start, ..., stop - 1`` of the epoch; ``state`` must not be used again.
+    def zero_totals(self) -> Totals:
+        """Running totals at the start of an epoch: every sum and count zero."""
+        return jax.tree.map(lambda like: jnp.zeros(like.shape, like.dtype), self.totals_like)
 
-        The scan runner donates it; the loop runner donates it except on the CPU.
+    def advance(self, state, totals, data, indices, start, stop):
+        """Runs steps ``start, ..., stop - 1`` of the epoch; see :func:`run_epoch`.
 
         ``totals`` must be the running totals after ``start`` steps, as :func:`run_epoch` keeps
         them: the loop runner reads the step index from ``totals["steps"]`` on the device, so a
         step sends nothing from the host.
         """
         if self.name == "scan":
-            return self.compiled(state, totals, images, labels, indices, start, stop)
+            return self.compiled(state, totals, data, indices, start, stop)
         for _ in range(start, stop):
-            state, totals = self.compiled(state, totals, images, labels, indices)
+            state, totals = self.compiled(state, totals, data, indices)
         return state, totals
 
 
@@ -159,24 +165,26 @@ def compile_epoch_runner(
         train_step: Callable,
         runner: str,
         state: TrainState,
-        images: jax.Array,
-        labels: jax.Array,
+        data: Any,
         indices: jax.Array,
+        *,
+        donate: bool | None = None,
 ) -> EpochRunner:
     """Compiles one epoch runner ahead of time and measures how long that took.
 
     ``"loop"`` compiles a single step (gather rows I[i] for the i = totals["steps"] steps done,
-    train, add to the totals);
-    ``"scan"`` compiles ``lax.fori_loop(start, stop, step)`` with ``start`` and ``stop``
-    traced, so one executable serves chunks of every length.
+    train, add to the totals); ``"scan"`` compiles ``lax.fori_loop(start, stop, step)`` with
+    ``start`` and ``stop`` traced, so one executable serves chunks of every length.
 
     Args:
-        train_step: a function from :func:`~jaxtricks.training.steps.make_train_step`.
+        train_step: a function from :func:`~jaxtricks.training.steps.make_train_step` (or any
+            ``(state, batch) -> (state, metrics)`` whose metrics hold ``skipped``).
         runner: ``"loop"`` or ``"scan"``.
         state: a state of the shapes to train (only its shapes are used; it is not consumed).
-        images: the training images, on the device.
-        labels: the int32 training labels, on the device.
+        data: the training set ``(x, y)``, on the device.
         indices: an epoch's indices from :func:`epoch_indices`.
+        donate: whether the loop runner donates the state it is given (the scan runner always
+            does); None takes the backend's choice (:func:`jaxtricks.backend.speed_paths`).
 
     Returns:
         An :class:`EpochRunner`.
@@ -185,36 +193,39 @@ def compile_epoch_runner(
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
         >>> from jaxtricks.training.steps import make_train_step
-        >>> class Net(nn.Module):
-        ...     @nn.compact
-        ...     def __call__(self, x, train):
-        ...         return nn.Dense(2)(x)
-        >>> images, labels = jnp.ones((8, 3)), jnp.zeros((8,), jnp.int32)
-        >>> state = create_train_state(Net(), optax.sgd(0.1), jax.random.key(0), images)
+        >>> data = (jnp.ones((8, 3)), jnp.zeros((8,), jnp.int32))
+        >>> state = create_train_state(nn.Dense(2), optax.sgd(0.1), jax.random.key(0), data[0])
         >>> indices = epoch_indices(jax.random.key(1), 0, num_examples=8, batch_size=4)
-        >>> train_step = make_train_step(Net(), optax.sgd(0.1))
-        >>> runner = compile_epoch_runner(train_step, "scan", state, images, labels, indices)
-        >>> state, totals = run_epoch(runner, state, images, labels, indices)
-        >>> int(state.step), int(totals["steps"])
-        (2, 2)
+        >>> train_step = make_train_step(nn.Dense(2), optax.sgd(0.1))
+        >>> runner = compile_epoch_runner(train_step, "scan", state, data, indices)
+        >>> state, totals = run_epoch(runner, state, data, indices)
+        >>> int(state.step), int(totals["steps"]), sorted(totals)
+        (2, 2, ['accuracy', 'grad_norm', 'loss', 'skipped', 'steps'])
     """
-    check_choice("runner", runner, RUNNERS)
-    totals = zero_totals()
+    if runner not in RUNNERS:
+        raise ValueError(f"runner must be one of {RUNNERS}, got {runner!r}")
+    if donate is None:
+        donate = speed_paths().donate_state
+    batch = _take(data, indices[0])
+    metrics_like = jax.eval_shape(train_step, state, batch)[1]
+    if not isinstance(metrics_like, dict) or "skipped" not in metrics_like:
+        raise ValueError("train_step must return (state, metrics) with metrics['skipped']")
+    totals = _zero_totals(metrics_like)
     begin = time.perf_counter()
     if runner == "loop":
-        loop_step = _loop_step if _donates(images) else _loop_step_keeping
-        lowered = loop_step.lower(train_step, state, totals, images, labels, indices)
+        loop_step = _loop_step if donate else _loop_step_keeping
+        lowered = loop_step.lower(train_step, state, totals, data, indices)
     else:
-        lowered = _scan_steps.lower(train_step, state, totals, images, labels, indices, 0, 1)
+        lowered = _scan_steps.lower(train_step, state, totals, data, indices, 0, 1)
     compiled = lowered.compile()
-    return EpochRunner(runner, compiled, time.perf_counter() - begin)
+    totals_like = jax.eval_shape(lambda: totals)
+    return EpochRunner(runner, compiled, time.perf_counter() - begin, totals_like)
 
 
 def run_epoch(
         runner: EpochRunner,
         state: TrainState,
-        images: jax.Array,
-        labels: jax.Array,
+        data: Any,
         indices: jax.Array,
         *,
         chunk_steps: int | None = None,
@@ -231,22 +242,22 @@ def run_epoch(
 
     Args:
         runner: from :func:`compile_epoch_runner` or :func:`choose_runner`.
-        state: the state to train; it is donated (except by the loop runner on the CPU), so
+        state: the state to train; it may be donated (see :func:`compile_epoch_runner`), so
             use the returned one.
-        images: the training images, on the device.
-        labels: the int32 training labels, on the device.
+        data: the training set ``(x, y)``, on the device.
         indices: the epoch's indices, shape ``(S, B)``.
         chunk_steps: steps per chunk; the ``"scan"`` runner makes one call per chunk, both
-            runners call ``on_chunk`` after each. None means the whole epoch in one chunk.
+            runners call ``on_chunk`` after each. None means the whole part in one chunk.
         on_chunk: called as ``on_chunk(steps_done, totals)`` with the running totals still on
             the device, so reading them is the caller's choice of when to wait.
         start: the first step to run, in [0, S].
         stop: the step to stop before, in [start, S]; None means S, the end of the epoch.
         totals: the running totals after ``start`` steps, as an earlier part returned them;
-            None means :func:`zero_totals`, which is right only for ``start=0``.
+            None means zero totals, which is right only for ``start=0``.
 
     Returns:
-        ``(state, totals)``, the totals as in :func:`zero_totals`, still on the device.
+        ``(state, totals)``: the sums of each step metric over the applied steps, the count of
+        ``skipped`` steps and of all ``steps``, still on the device.
 
     Example:
         See :func:`compile_epoch_runner`.
@@ -254,8 +265,8 @@ def run_epoch(
     num_steps = indices.shape[0]
     stop = num_steps if stop is None else stop
     chunk_steps = num_steps if chunk_steps is None else chunk_steps
-    if chunk_steps < 1:
-        raise ValueError(f"chunk_steps must be >= 1, got {chunk_steps}")
+    if isinstance(chunk_steps, bool) or not isinstance(chunk_steps, int) or chunk_steps < 1:
+        raise ValueError(f"chunk_steps must be an int >= 1, got {chunk_steps!r}")
     if not 0 <= start <= stop <= num_steps:
         raise ValueError(
             f"start and stop must satisfy 0 <= start <= stop <= {num_steps}, got {start}, {stop}"
@@ -263,28 +274,27 @@ def run_epoch(
     if totals is None:
         if start:
             raise ValueError(f"totals: the running totals after start={start} steps are needed")
-        totals = zero_totals()
+        totals = runner.zero_totals()
     for begin in range(start, stop, chunk_steps):
         end = min(begin + chunk_steps, stop)
-        state, totals = runner.advance(state, totals, images, labels, indices, begin, end)
+        state, totals = runner.advance(state, totals, data, indices, begin, end)
         if on_chunk is not None:
             on_chunk(end, totals)
     return state, totals
 
 
-def _signature(state: TrainState, images: jax.Array, indices: jax.Array) -> tuple:
-    """What a step's speed depends on: hardware, the state's shapes, shardings and the batch's."""
-    leaves, treedef = jax.tree.flatten(state)
+def _signature(state: TrainState, data: Any, indices: jax.Array) -> tuple:
+    """What a step's speed depends on: hardware, the state's and the data's shapes and
+    shardings, the batch size."""
     device = jax.devices()[0]
     return (
         jax.default_backend(),
         device.device_kind,
         jax.device_count(),
-        treedef,
-        tuple((leaf.shape, leaf.dtype, leaf.sharding) for leaf in leaves),
-        images.shape[1:],
-        images.dtype,
-        images.sharding,
+        jax.tree.structure(state),
+        tuple((leaf.shape, leaf.dtype, leaf.sharding) for leaf in jax.tree.leaves(state)),
+        jax.tree.structure(data),
+        tuple((leaf.shape[1:], leaf.dtype, leaf.sharding) for leaf in jax.tree.leaves(data)),
         indices.shape[1],
     )
 
@@ -292,23 +302,24 @@ def _signature(state: TrainState, images: jax.Array, indices: jax.Array) -> tupl
 def choose_runner(
         train_step: Callable,
         state: TrainState,
-        images: jax.Array,
-        labels: jax.Array,
+        data: Any,
         indices: jax.Array,
+        *,
+        donate: bool | None = None,
 ) -> tuple[EpochRunner, dict[str, Any]]:
     """Compiles both runners, times a few steps of each and returns the faster.
 
     Each runner is timed, after a warm-up step, over a few steps in interleaved rounds on a copy
     of ``state`` (the caller's state is never donated here), and keeps its best round. The
-    choice is cached for the process per backend, device and state/batch signature; a cache hit
+    choice is cached for the process per backend, device and state/data signature; a cache hit
     compiles only the chosen runner.
 
     Args:
         train_step: a function from :func:`~jaxtricks.training.steps.make_train_step`.
         state: the state to train; copied, not consumed.
-        images: the training images, on the device.
-        labels: the int32 training labels, on the device.
+        data: the training set ``(x, y)``, on the device.
         indices: an epoch's indices from :func:`epoch_indices`.
+        donate: as for :func:`compile_epoch_runner`.
 
     Returns:
         ``(runner, record)``: the chosen :class:`EpochRunner`, and a record with ``runner``
@@ -320,22 +331,18 @@ def choose_runner(
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
         >>> from jaxtricks.training.steps import make_train_step
-        >>> class Net(nn.Module):
-        ...     @nn.compact
-        ...     def __call__(self, x, train):
-        ...         return nn.Dense(2)(x)
-        >>> images, labels = jnp.ones((8, 3)), jnp.zeros((8,), jnp.int32)
-        >>> state = create_train_state(Net(), optax.sgd(0.1), jax.random.key(0), images)
+        >>> data = (jnp.ones((8, 3)), jnp.zeros((8,), jnp.int32))
+        >>> state = create_train_state(nn.Dense(2), optax.sgd(0.1), jax.random.key(0), data[0])
         >>> indices = epoch_indices(jax.random.key(1), 0, num_examples=8, batch_size=4)
         >>> runner, record = choose_runner(
-        ...     make_train_step(Net(), optax.sgd(0.1)), state, images, labels, indices)
+        ...     make_train_step(nn.Dense(2), optax.sgd(0.1)), state, data, indices)
         >>> runner.name in RUNNERS, sorted(record["step_time_s"])
         (True, ['loop', 'scan'])
     """
-    key = _signature(state, images, indices)
+    key = _signature(state, data, indices)
     if key in _CHOICES:
         name, step_time = _CHOICES[key]
-        runner = compile_epoch_runner(train_step, name, state, images, labels, indices)
+        runner = compile_epoch_runner(train_step, name, state, data, indices, donate=donate)
         record = {
             "runner": name,
             "step_time_s": dict(step_time),
@@ -344,20 +351,19 @@ def choose_runner(
         }
         return runner, record
     runners = {
-        name: compile_epoch_runner(train_step, name, state, images, labels, indices)
+        name: compile_epoch_runner(train_step, name, state, data, indices, donate=donate)
         for name in RUNNERS
     }
     trial = jax.tree.map(lambda leaf: leaf.copy(), state)
     probe = min(_PROBE_STEPS, indices.shape[0])
     for runner in runners.values():
-        trial, _ = runner.advance(trial, zero_totals(), images, labels, indices, 0, 1)
+        trial, _ = runner.advance(trial, runner.zero_totals(), data, indices, 0, 1)
     jax.block_until_ready(trial)
     step_time = dict.fromkeys(RUNNERS, math.inf)
     for _ in range(_PROBE_ROUNDS):
         for name, runner in runners.items():
-            totals = zero_totals()
             begin = time.perf_counter()
-            trial, totals = runner.advance(trial, totals, images, labels, indices, 0, probe)
+            trial, totals = runner.advance(trial, runner.zero_totals(), data, indices, 0, probe)
             jax.block_until_ready((trial, totals))
             step_time[name] = min(step_time[name], (time.perf_counter() - begin) / probe)
     name = min(RUNNERS, key=step_time.__getitem__)

@@ -8,7 +8,7 @@ stays as it is; the SPMD partitioner splits it. On a 1-D mesh with axis ``"data"
 - the training set is split the same way (padded to a multiple of D rows that are never drawn),
   so each device holds N/D examples; a step's gather of its random rows becomes a local gather
   and one all-reduce of the batch, not a copy of the whole set;
-- parameters, batch statistics, the step count and the key are replicated;
+- parameters, the model's state (batch statistics), the step count and the key are replicated;
 - each optimizer-state leaf is sharded like the parameter it belongs to (replicated, since the
   parameters are), or, with ZeRO-1 (Rajbhandari et al. 2020, https://arxiv.org/abs/1910.02054),
   split along dimension j* = argmax {n_j : n_j mod D = 0, n_j ≥ D} of its shape (n_1, ..., n_k)
@@ -88,13 +88,13 @@ def _data_axis(mesh: Any) -> tuple[str, int]:
     return axis, mesh.shape[axis]
 
 
-def _check_mesh(mesh: Any) -> Mesh:
+def check_mesh(mesh: Any) -> Mesh:
     """Raises ``ValueError`` unless ``mesh`` is a 1-D :class:`jax.sharding.Mesh`; returns it."""
     _data_axis(mesh)
     return mesh
 
 
-def _check_divisible(name: str, size: int, mesh: Mesh) -> None:
+def check_divisible(name: str, size: int, mesh: Mesh) -> None:
     """Raises ``ValueError`` unless ``size`` examples split evenly over the mesh's devices."""
     axis, devices = _data_axis(mesh)
     if size % devices:
@@ -200,7 +200,7 @@ def train_state_sharding(
 ) -> TrainState:
     """The shardings of a data-parallel training state, one per leaf.
 
-    ``step``, ``params``, ``batch_stats`` and ``rng`` are replicated. Each ``opt_state`` leaf is
+    ``step``, ``params``, ``model_state`` and ``rng`` are replicated. Each ``opt_state`` leaf is
     replicated like the parameters it belongs to, or with ``shard_optimizer_state`` split as
     :func:`zero1_sharding` says (counters and other small leaves stay replicated).
 
@@ -216,7 +216,7 @@ def train_state_sharding(
     Example:
         >>> import jax, jax.numpy as jnp, optax
         >>> params = {"kernel": jnp.ones((4, 8))}
-        >>> state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+        >>> state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
         ...                    opt_state=optax.adam(1e-3).init(params), rng=jax.random.key(0))
         >>> shardings = train_state_sharding(state, make_mesh(1), shard_optimizer_state=True)
         >>> shardings.params["kernel"].spec, shardings.opt_state[0].mu["kernel"].spec
@@ -235,7 +235,7 @@ def train_state_sharding(
     return TrainState(
         step=replicated,
         params=jax.tree.map(lambda _: replicated, state.params),
-        batch_stats=jax.tree.map(lambda _: replicated, state.batch_stats),
+        model_state=jax.tree.map(lambda _: replicated, state.model_state),
         opt_state=opt_state,
         rng=replicated,
     )
@@ -257,7 +257,7 @@ def shard_train_state(
     Example:
         >>> import jax, jax.numpy as jnp, optax
         >>> params = {"kernel": jnp.ones((4, 8))}
-        >>> state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
+        >>> state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
         ...                    opt_state=optax.adam(1e-3).init(params), rng=jax.random.key(0))
         >>> shard_train_state(state, make_mesh(1)).params["kernel"].sharding.spec
         P()
@@ -284,7 +284,7 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
         P('data',)
     """
     for leaf in jax.tree.leaves(batch):
-        _check_divisible("the batch size", jnp.shape(leaf)[0], mesh)
+        check_divisible("the batch size", jnp.shape(leaf)[0], mesh)
     return jax.device_put(batch, batch_sharding(mesh))
 
 

@@ -1,205 +1,312 @@
 """One training step and one evaluation step, each a pure ``jit``-compiled function.
 
-The loss is the mean softmax cross-entropy of the logits z_i = f_θ(x_i) against integer labels,
+For a batch (x, y) of B examples, a loss function giving one loss per example and metric
+functions giving one value per example,
 
-    L(θ) = -(1/B) Σ_i log softmax(z_i)[y_i].
+    L(θ) = (1/B) Σ_i loss_fn(f_θ(x)_i, y_i),
 
-Training step t, with dropout key k_t = fold_in(r, t):
+training step t, with dropout key k_t = fold_in(r, t), computes
 
     (L, g) = (L(θ_t), ∇_θ L(θ_t)),   (u, o') = optimizer.update(g, o_t, θ_t),   θ' = θ_t + u,
 
-and the batch statistics move to their new running averages. With ``skip_nonfinite`` a step whose
-loss, gradient or new batch statistics hold a NaN or ±Inf keeps θ_t, o_t and the statistics, so one
-bad batch cannot poison the run; t advances either way.
+and the model's new state m' (batch statistics move to their new running averages). With
+``skip_nonfinite`` a step that would write a NaN or ±Inf anywhere — the loss, the gradients, the
+updates, θ', o' or m' — keeps θ_t, o_t and m_t bit for bit and counts as skipped, so one bad
+batch (or one extreme but finite value that overflows later in the step) cannot poison the
+run; t advances either way.
 
-Evaluation sums over a batch with a 0/1 mask m (padding rows get m_i = 0):
+The default loss is the softmax cross-entropy of the outputs (logits) against integer labels,
+with the accuracy ``[argmax_c f(x)_c = y]`` as its metric. Evaluation sums over a batch with a
+0/1 mask m (padding rows get m_i = 0):
 
-    Σ_i m_i ℓ_i,   Σ_i m_i [argmax z_i = y_i],   Σ_i m_i,
+    Σ_i m_i loss_i,   Σ_i m_i metric_i,   Σ_i m_i,
 
-so batches padded to one shape add up to exact totals over a split of any size.
+so batches padded to one shape add up to exact means over a split of any size.
 """
 
-import functools
-from collections.abc import Callable
-from typing import Any
+from __future__ import annotations
 
-import flax.linen as nn
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from jaxtricks.backend import speed_paths
+from jaxtricks.training.caching import shared
+from jaxtricks.training.model import FunctionalModel, functional_model
 from jaxtricks.training.sharding import (
-    _check_divisible,
-    _check_mesh,
     batch_sharding,
+    check_divisible,
+    check_mesh,
     train_state_sharding,
 )
-from jaxtricks.training.state import TrainState, _check_model, _check_optimizer, _shared
-from jaxtricks.tricks._checks import check_int
-from jaxtricks.tricks.tree import all_finite, global_norm
+from jaxtricks.training.state import TrainState, as_optimizer
+from jaxtricks.tricks.tree import global_norm
 
-Batch = tuple[jax.Array, ...]
+__all__ = [
+    "RESERVED_METRICS",
+    "Objective",
+    "accuracy",
+    "check_labels",
+    "evaluate",
+    "make_eval_step",
+    "make_objective",
+    "make_train_step",
+    "softmax_cross_entropy",
+]
+
+Batch = tuple[Any, Any]
 Metrics = dict[str, jax.Array]
+LossFn = Callable[[Any, Any], jax.Array]
+
+# Names a step reports besides the user's metrics, which therefore cannot be metric names.
+RESERVED_METRICS = ("loss", "grad_norm", "skipped", "steps", "count")
 
 
-def _variables(params: Any, batch_stats: Any) -> dict[str, Any]:
-    """The ``variables`` dict for ``model.apply``; models without batch norm get no stats."""
-    if batch_stats:
-        return {"params": params, "batch_stats": batch_stats}
-    return {"params": params}
+def softmax_cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example softmax cross-entropy of logits ``(B, C)`` against integer labels ``(B,)``.
 
+    Math: ``ℓ_i = −log softmax(z_i)[y_i]``, computed in float32 so that a model computing in
+    bfloat16 still gets an accurate log-softmax.
 
-def _per_example_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    # float32 so that a model computing in bfloat16 still gets an accurate log-softmax.
-    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-
-
-def _check_split(
-        images_name: str, images: Any, labels_name: str, labels: Any
-) -> tuple[Any, Any]:
-    """Checks a split of float images ``(N, ...)`` and integer labels ``(N,)``, N >= 1.
-
-    Returns the two as arrays (NumPy or JAX, never copied); errors name the argument.
+    Example:
+        >>> import jax.numpy as jnp
+        >>> softmax_cross_entropy(jnp.array([[0.0, 0.0]]), jnp.array([1])).round(4)
+        Array([0.6931], dtype=float32)
     """
-    images = images if isinstance(images, np.ndarray | jax.Array) else np.asarray(images)
-    labels = labels if isinstance(labels, np.ndarray | jax.Array) else np.asarray(labels)
-    if images.ndim < 2 or images.shape[0] == 0:
-        raise ValueError(
-            f"{images_name} must have shape (N, ...) with N >= 1 examples, got {images.shape}"
-        )
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(
-            f"{images_name} must be floating point (scale raw pixels first), got {images.dtype}"
-        )
-    if labels.shape != images.shape[:1]:
-        raise ValueError(
-            f"{labels_name} must have shape ({images.shape[0]},) to match {images_name}, "
-            f"got {labels.shape}"
-        )
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"{labels_name} must be integers, got dtype {labels.dtype}")
-    return images, labels
+    return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), labels)
 
 
-def _check_train_test(
-        train_images: Any, train_labels: Any, test_images: Any, test_labels: Any
-) -> tuple[Any, Any, Any, Any]:
-    """Checks the training and test splits (see :func:`_check_split`) and that their images
-    share a feature shape; returns the four as arrays. Errors name the argument."""
-    train_images, train_labels = _check_split(
-        "train_images", train_images, "train_labels", train_labels
-    )
-    test_images, test_labels = _check_split("test_images", test_images, "test_labels", test_labels)
-    if test_images.shape[1:] != train_images.shape[1:]:
+def accuracy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example 0/1 accuracy ``[argmax_c z_c = y]`` as float32, for logits and integer labels.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> accuracy(jnp.array([[0.1, 0.9], [0.8, 0.2]]), jnp.array([1, 1]))
+        Array([1., 0.], dtype=float32)
+    """
+    return (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
+
+
+class Objective(NamedTuple):
+    """A loss function and named metric functions, each ``fn(outputs, y) -> (B,) values``."""
+
+    loss_fn: LossFn
+    metrics: tuple[tuple[str, LossFn], ...]  # (name, fn) pairs, in the order given
+    integer_labels: bool  # the default classification loss: labels must index the outputs
+
+
+def make_objective(loss_fn: LossFn | None = None, metrics: Mapping[str, LossFn] | None = None
+                   ) -> Objective:
+    """Checks and completes ``loss_fn`` and ``metrics`` as ``fit`` and the steps take them.
+
+    ``loss_fn=None`` is :func:`softmax_cross_entropy`, and then ``metrics=None`` is
+    ``{"accuracy": accuracy}``; with a loss of one's own, ``metrics=None`` is no metric.
+
+    Args:
+        loss_fn: ``loss_fn(outputs, y) -> losses``, one float per example.
+        metrics: ``{name: fn}`` with ``fn(outputs, y) -> values``, one per example; a name
+            must not be one of :data:`RESERVED_METRICS` nor start with ``val_`` or ``test_``.
+
+    Returns:
+        An :class:`Objective` (hashable when the functions are).
+
+    Example:
+        >>> make_objective().metrics[0][0]
+        'accuracy'
+        >>> make_objective(lambda outputs, y: (outputs - y) ** 2).metrics
+        ()
+    """
+    default = loss_fn is None
+    if default:
+        loss_fn = softmax_cross_entropy
+        metrics = {"accuracy": accuracy} if metrics is None else metrics
+    elif not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a function (outputs, y) -> losses, got {loss_fn!r}")
+    metrics = {} if metrics is None else metrics
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"metrics must be a mapping from names to functions, got {metrics!r}")
+    for name, fn in metrics.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"metrics: names must be identifiers, got {name!r}")
+        if name in RESERVED_METRICS or name.startswith(("val_", "test_")):
+            raise ValueError(
+                f"metrics: {name!r} is reserved (the step reports {', '.join(RESERVED_METRICS)}; "
+                "val_ and test_ prefix the evaluations)"
+            )
+        if not callable(fn):
+            raise ValueError(f"metrics[{name!r}] must be a function (outputs, y) -> values")
+    return Objective(loss_fn, tuple(metrics.items()), default)
+
+
+def check_labels(labels: Any, num_classes: int, name: str = "y") -> None:
+    """Raises ``ValueError`` unless ``labels`` are integers in ``[0, num_classes)``.
+
+    The default loss indexes the outputs with the labels; an out-of-range label would give a
+    silently wrong loss, so :func:`~jaxtricks.training.fit.fit` and :func:`evaluate` check
+    every split with the default loss before using it.
+
+    Example:
+        >>> import numpy as np
+        >>> check_labels(np.array([0, 9]), 10)
+        >>> check_labels(np.array([0, 10]), 10, "test labels")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: test labels must hold integer labels in [0, 9] ..., got values in [0, 10]
+    """
+    dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
+    if not np.issubdtype(dtype, np.integer):
         raise ValueError(
-            f"test_images must have the training images' feature shape {train_images.shape[1:]}, "
-            f"got {test_images.shape[1:]}"
+            f"{name} must hold integer labels for the default loss (softmax cross-entropy), got "
+            f"dtype {dtype}; pass loss_fn for other targets"
         )
-    return train_images, train_labels, test_images, test_labels
+    low, high = (int(v) for v in jax.device_get((jnp.min(labels), jnp.max(labels))))
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"{name} must hold integer labels in [0, {num_classes - 1}] for outputs of "
+            f"{num_classes} classes, got values in [{low}, {high}]"
+        )
+
+
+def _per_example(name: str, values: Any, batch_size: int) -> jax.Array:
+    shape = np.shape(values)
+    if shape != (batch_size,):
+        raise ValueError(
+            f"{name} must return one value per example, shape ({batch_size},), got shape {shape}"
+        )
+    return values
+
+
+def _batch_size(x: Any) -> int:
+    return jax.tree.leaves(x)[0].shape[0]
+
+
+def _inexact_finite(tree: Any, before: Any = None) -> jax.Array:
+    """True when no floating or complex leaf of ``tree`` holds a NaN or an infinity, other than
+    one the same place of ``before`` (a tree of the same structure) held already: a state may
+    keep an infinity on purpose, as a plateau's best metric is +inf before any is observed."""
+    leaves = jax.tree.leaves(tree)
+    olds = [None] * len(leaves) if before is None else jax.tree.leaves(before)
+    flags = [
+        jnp.all(jnp.isfinite(leaf) if old is None else jnp.isfinite(leaf) | (leaf == old))
+        for leaf, old in zip(leaves, olds, strict=True)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    return jnp.stack(flags).all() if flags else jnp.asarray(True)
+
+
+def _select(condition: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """``new`` where ``condition`` holds, else ``old``; PRNG keys (NNX's RNG state) included."""
+    if jnp.issubdtype(new.dtype, jax.dtypes.prng_key):
+        data = jnp.where(condition, jax.random.key_data(new), jax.random.key_data(old))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(new))
+    return jnp.where(condition, new, old)
+
+
+def _constrain(tree: Any, mesh: Mesh | None) -> Any:
+    """Inside ``jit``: every array split along its leading axis over the mesh (if any)."""
+    if mesh is None:
+        return tree
+    for leaf in jax.tree.leaves(tree):
+        check_divisible("the batch size", leaf.shape[0], mesh)
+    return jax.lax.with_sharding_constraint(tree, batch_sharding(mesh))
 
 
 def make_train_step(
-        model: nn.Module,
-        optimizer: optax.GradientTransformation,
+        model: Any,
+        optimizer: Any,
         *,
+        loss_fn: LossFn | None = None,
+        metrics: Mapping[str, LossFn] | None = None,
         skip_nonfinite: bool = True,
         mesh: Mesh | None = None,
         shard_optimizer_state: bool = False,
+        donate: bool | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """Builds the compiled training step ``train_step(state, batch) -> (state, metrics)``.
-
-    Dropout at step t uses fold_in(state.rng, t); the update is θ' = θ + u with
-    (u, o') = optimizer.update(∇L, o, θ) for the mean cross-entropy L of the batch.
+    """Builds the compiled training step ``train_step(state, (x, y)) -> (state, metrics)``.
 
     Args:
-        model: a Flax Linen module called as ``model.apply(variables, x, train=True,
-            rngs={"dropout": key}, mutable=["batch_stats"])``, returning logits.
-        optimizer: an Optax gradient transformation (it carries its own schedule).
-        skip_nonfinite: if True, a step whose loss, gradients or new batch statistics hold a
-            NaN or Inf leaves params, opt_state and batch_stats unchanged and reports
-            ``skipped = 1``; ``step`` still advances.
+        model: a Flax Linen or NNX module (see
+            :func:`~jaxtricks.training.model.functional_model`), returning outputs that
+            ``loss_fn`` takes.
+        optimizer: an Optax transformation, or an object making one such as
+            ``optax.MultiSteps`` (see :func:`~jaxtricks.training.state.as_optimizer`).
+        loss_fn: ``loss_fn(outputs, y) -> (B,) losses``; None: :func:`softmax_cross_entropy`.
+        metrics: ``{name: fn(outputs, y) -> (B,) values}``, reported as batch means; None:
+            ``{"accuracy": accuracy}`` with the default loss, none otherwise.
+        skip_nonfinite: if True, a step that would write a NaN or Inf into the loss,
+            gradients, updates, parameters, optimizer state or model state leaves the state
+            unchanged (but for ``step``, which advances) and reports ``skipped = 1``.
         mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
             parallel: the batch is split along its leading axis (its size must divide by the
             number of devices) and the state is kept as
-            :func:`~jaxtricks.training.sharding.train_state_sharding` says. The program is the
-            same, partitioned by the compiler, so the result equals one device's up to float32
-            summation order. Pass a state placed by
-            :func:`~jaxtricks.training.sharding.shard_train_state`. None: no sharding.
+            :func:`~jaxtricks.training.sharding.train_state_sharding` says. Pass a state placed
+            by :func:`~jaxtricks.training.sharding.shard_train_state`. None: no sharding.
         shard_optimizer_state: with a mesh, split the optimizer state across the devices
             (ZeRO-1) instead of replicating it.
+        donate: whether the step donates ``state`` (its buffers are reused for the result and
+            must not be read again); None takes the backend's choice
+            (:func:`jaxtricks.backend.speed_paths`).
 
     Returns:
-        A ``jax.jit``-compiled pure function of ``state`` and ``batch = (images, labels)``
-        (float images with a leading batch axis, int32 labels) that donates ``state``: the
-        buffers of the state passed in are reused for the result and must not be read again.
-        ``metrics`` holds device scalars: ``loss`` (float32 batch mean), ``accuracy`` (float32),
-        ``grad_norm`` (float32 global L2 norm of the gradients) and ``skipped`` (int32, 0 or 1).
-        Equal (hashable) arguments give the same function, so its compilations are reused.
+        A ``jax.jit``-compiled pure function of ``state`` and ``batch = (x, y)`` (pytrees of
+        arrays with a leading batch axis). ``metrics`` holds device scalars: ``loss`` (the
+        batch mean), each metric's batch mean, ``grad_norm`` (global L2 norm of the
+        gradients) and ``skipped`` (int32, 0 or 1). Equal arguments give the same function, so
+        its compilations are reused.
 
     Example:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
-        >>> class Net(nn.Module):
-        ...     @nn.compact
-        ...     def __call__(self, x, train):
-        ...         return nn.Dense(2)(x.reshape((x.shape[0], -1)))
-        >>> images = jnp.stack([jnp.ones((2, 2)), -jnp.ones((2, 2))])
-        >>> labels = jnp.array([0, 1], dtype=jnp.int32)
-        >>> state = create_train_state(Net(), optax.sgd(0.5), jax.random.key(0), images)
-        >>> train_step = make_train_step(Net(), optax.sgd(0.5))
-        >>> state, first = train_step(state, (images, labels))
+        >>> model, tx = nn.Dense(2), optax.sgd(0.5)
+        >>> x, y = jnp.array([[1.0, 1.0], [-1.0, -1.0]]), jnp.array([0, 1])
+        >>> state = create_train_state(model, tx, jax.random.key(0), x)
+        >>> train_step = make_train_step(model, tx)
+        >>> state, first = train_step(state, (x, y))
         >>> for _ in range(10):
-        ...     state, metrics = train_step(state, (images, labels))
-        >>> int(state.step), bool(metrics["loss"] < first["loss"]), int(metrics["skipped"])
-        (11, True, 0)
+        ...     state, metrics = train_step(state, (x, y))
+        >>> int(state.step), bool(metrics["loss"] < first["loss"]), float(metrics["accuracy"])
+        (11, True, 1.0)
     """
-    _check_model(model)
-    _check_optimizer(optimizer)
+    fm = functional_model(model)
+    optimizer = as_optimizer(optimizer)
+    objective = make_objective(loss_fn, metrics)
     if not isinstance(skip_nonfinite, bool):
         raise ValueError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
-    _check_sharding_arguments(mesh, shard_optimizer_state)
-    return _shared(
-        _build_train_step, model, optimizer, skip_nonfinite, mesh, shard_optimizer_state
+    check_sharding_arguments(mesh, shard_optimizer_state)
+    if donate is None:
+        donate = speed_paths().donate_state
+    elif not isinstance(donate, bool):
+        raise ValueError(f"donate must be a bool or None, got {donate!r}")
+    return shared(
+        _build_train_step, fm, optimizer, objective, skip_nonfinite, mesh,
+        shard_optimizer_state, donate, speed_paths(),
     )
 
 
-def _check_sharding_arguments(mesh: Any, shard_optimizer_state: Any) -> None:
+def check_sharding_arguments(mesh: Any, shard_optimizer_state: Any) -> None:
     """Raises ``ValueError`` unless ``mesh`` is None or a 1-D mesh and ``shard_optimizer_state``
     a bool that is True only with a mesh."""
     if mesh is not None:
-        _check_mesh(mesh)
+        check_mesh(mesh)
     if not isinstance(shard_optimizer_state, bool):
         raise ValueError(f"shard_optimizer_state must be a bool, got {shard_optimizer_state!r}")
     if shard_optimizer_state and mesh is None:
         raise ValueError("shard_optimizer_state=True needs a mesh to shard over, got mesh=None")
 
 
-def _constrain_batch(batch: Batch, mesh: Mesh | None) -> Batch:
-    """Inside ``jit``: the batch split along its leading axis over the mesh (if any)."""
-    if mesh is None:
-        return batch
-    _check_divisible("the batch size", batch[0].shape[0], mesh)
-    return jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))
-
-
-def _build_train_step(model, optimizer, skip_nonfinite, mesh, shard_optimizer_state):
-    def loss_fn(params, batch_stats, images, labels, key):
-        logits, updates = model.apply(
-            _variables(params, batch_stats),
-            images,
-            train=True,
-            rngs={"dropout": key},
-            mutable=["batch_stats"],
-        )
-        loss = jnp.mean(_per_example_loss(logits, labels))
-        return loss, (logits, updates.get("batch_stats", batch_stats))
+def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite, mesh,
+                      shard_optimizer_state, donate, paths):
+    del paths  # part of the cache key: the model's batch norm reads them when traced
 
     def constrain_state(state: TrainState) -> TrainState:
         # On both ends of the step: the output then keeps the input's layout (so donation reuses
-        # its buffers), and a loop carrying the state (the "scan" runner) has one layout for
-        # the partitioner to keep, instead of one it picks from what the body touches.
+        # its buffers), and a loop carrying the state has one layout for the partitioner to keep.
         if mesh is None:
             return state
         return jax.lax.with_sharding_constraint(
@@ -208,188 +315,226 @@ def _build_train_step(model, optimizer, skip_nonfinite, mesh, shard_optimizer_st
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         state = constrain_state(state)
-        images, labels = _constrain_batch(batch, mesh)
+        x, y = _constrain(batch, mesh)
+        size = _batch_size(x)
         key = jax.random.fold_in(state.rng, state.step)
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, images, labels, key
+
+        def objective_of(params):
+            outputs, model_state = fm.apply(params, state.model_state, x, train=True, key=key)
+            losses = _per_example("loss_fn", objective.loss_fn(outputs, y), size)
+            return jnp.mean(losses), (outputs, model_state)
+
+        (loss, (outputs, model_state)), grads = jax.value_and_grad(objective_of, has_aux=True)(
+            state.params
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        new = TrainState(optax.safe_increment(state.step), params, model_state, opt_state,
+                         state.rng)
         if skip_nonfinite:
-            finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(batch_stats)
-
+            finite = (jnp.isfinite(loss) & _inexact_finite((grads, updates))
+                      & _inexact_finite(new, state))
             # A select, not lax.cond: XLA's GPU backend may run a conditional by copying its
             # predicate to the host, a sync per step; the select fuses into the update instead.
-            def keep_if_finite(new, old):
-                return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-            params = keep_if_finite(params, state.params)
-            opt_state = keep_if_finite(opt_state, state.opt_state)
-            batch_stats = keep_if_finite(batch_stats, state.batch_stats)
+            kept = jax.tree.map(
+                functools.partial(_select, finite),
+                (new.params, new.model_state, new.opt_state),
+                (state.params, state.model_state, state.opt_state),
+            )
+            new = new._replace(params=kept[0], model_state=kept[1], opt_state=kept[2])
             skipped = jnp.logical_not(finite).astype(jnp.int32)
         else:
             skipped = jnp.zeros((), jnp.int32)
-        correct = jnp.argmax(logits, axis=-1) == labels
-        metrics = {
-            "loss": loss,
-            "accuracy": jnp.mean(correct.astype(jnp.float32)),
-            "grad_norm": global_norm(grads).astype(jnp.float32),
-            "skipped": skipped,
-        }
-        new_state = TrainState(
-            step=optax.safe_increment(state.step),
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-            rng=state.rng,
-        )
-        return constrain_state(new_state), metrics
+        values = {"loss": loss.astype(jnp.float32)}
+        for name, fn in objective.metrics:
+            values[name] = jnp.mean(_per_example(f"metrics[{name!r}]", fn(outputs, y), size))
+            values[name] = values[name].astype(jnp.float32)
+        values["grad_norm"] = global_norm(grads).astype(jnp.float32)
+        values["skipped"] = skipped
+        return constrain_state(new), values
 
-    return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0 if donate else ())
 
 
 def make_eval_step(
-        model: nn.Module, *, mesh: Mesh | None = None
-) -> Callable[[TrainState, Batch], Metrics]:
-    """Builds the compiled evaluation step ``eval_step(state, batch) -> sums``.
+        model: Any,
+        *,
+        loss_fn: LossFn | None = None,
+        metrics: Mapping[str, LossFn] | None = None,
+        mesh: Mesh | None = None,
+) -> Callable[[TrainState, Batch, jax.Array], Metrics]:
+    """Builds the compiled evaluation step ``eval_step(state, (x, y), mask) -> sums``.
 
-    With per-example losses ℓ_i and mask m: loss_sum = Σ m_i ℓ_i,
-    correct = Σ m_i [argmax z_i = y_i], count = Σ m_i, and with C logits per example
-    out_of_range = Σ m_i [y_i ∉ {0, ..., C − 1}] (such labels have no loss: see
-    :func:`evaluate`). The model runs with ``train=False`` (no dropout, running batch
-    statistics) and the state is neither changed nor donated.
+    The model runs in evaluation mode (no dropout, running batch statistics); the state is
+    neither changed nor donated.
 
     Args:
-        model: a Flax Linen module called as ``model.apply(variables, x, train=False)``.
+        model: a Flax Linen or NNX module, as for :func:`make_train_step`.
+        loss_fn: as for :func:`make_train_step`.
+        metrics: as for :func:`make_train_step`.
         mesh: a 1-D mesh to split each batch over (its size must divide by the number of
-            devices), as in :func:`make_train_step`; None: no sharding.
+            devices); None: no sharding.
 
     Returns:
-        A ``jax.jit``-compiled function of ``state`` and ``batch``, where ``batch`` is
-        ``(images, labels)`` or ``(images, labels, mask)`` with a boolean ``mask`` of shape
-        ``(B,)`` marking the rows to count. It returns ``loss_sum`` (float32), ``correct``,
-        ``count`` and ``out_of_range`` (int32), device scalars that add up across batches, and
-        ``classes`` (int32, C). Equal (hashable) models give the same function, so its
-        compilations are reused.
+        A ``jax.jit``-compiled function of ``state``, ``batch = (x, y)`` and a boolean
+        ``mask`` of shape ``(B,)`` marking the rows to count. It returns float32 sums
+        ``loss`` and one per metric over the masked rows, and ``count`` (int32), device scalars
+        that add up across batches; with the default loss also ``out_of_range``, the labels
+        outside ``[0, classes)``, and ``classes``. Equal arguments give the same function.
 
     Example:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
-        >>> class Net(nn.Module):
-        ...     @nn.compact
-        ...     def __call__(self, x, train):
-        ...         return nn.Dense(2)(x.reshape((x.shape[0], -1)))
-        >>> images, labels = jnp.ones((4, 3)), jnp.zeros((4,), jnp.int32)
-        >>> state = create_train_state(Net(), optax.sgd(0.1), jax.random.key(0), images)
+        >>> x, y = jnp.ones((4, 3)), jnp.zeros((4,), jnp.int32)
+        >>> state = create_train_state(nn.Dense(2), optax.sgd(0.1), jax.random.key(0), x)
         >>> mask = jnp.array([True, True, True, False])
-        >>> sums = make_eval_step(Net())(state, (images, labels, mask))
-        >>> int(sums["count"]), int(sums["correct"]) in (0, 3)
+        >>> sums = make_eval_step(nn.Dense(2))(state, (x, y), mask)
+        >>> int(sums["count"]), float(sums["accuracy"]) in (0.0, 3.0)
         (3, True)
     """
-    _check_model(model)
+    fm = functional_model(model)
+    objective = make_objective(loss_fn, metrics)
     if mesh is not None:
-        _check_mesh(mesh)
-    return _shared(_build_eval_step, model, mesh)
+        check_mesh(mesh)
+    return shared(_build_eval_step, fm, objective, mesh, speed_paths())
 
 
-def _build_eval_step(model, mesh):
-    def eval_step(state: TrainState, batch: Batch) -> Metrics:
-        if len(batch) not in (2, 3):
-            raise ValueError(
-                f"batch must be (images, labels) or (images, labels, mask), got {len(batch)} items"
-            )
-        images, labels = batch[0], batch[1]
-        mask = batch[2] if len(batch) == 3 else jnp.ones(labels.shape, jnp.bool_)
-        images, labels, mask = _constrain_batch((images, labels, mask), mesh)
-        logits = model.apply(_variables(state.params, state.batch_stats), images, train=False)
-        losses = _per_example_loss(logits, labels)
-        correct = (jnp.argmax(logits, axis=-1) == labels) & mask
-        classes = logits.shape[-1]
-        outside = ((labels < 0) | (labels >= classes)) & mask
-        return {
-            "loss_sum": jnp.sum(jnp.where(mask, losses, 0.0)),
-            "correct": jnp.sum(correct, dtype=jnp.int32),
-            "count": jnp.sum(mask, dtype=jnp.int32),
-            "out_of_range": jnp.sum(outside, dtype=jnp.int32),
-            "classes": jnp.asarray(classes, jnp.int32),
-        }
+def _build_eval_step(fm: FunctionalModel, objective, mesh, paths):
+    del paths
+
+    def eval_step(state: TrainState, batch: Batch, mask: jax.Array) -> Metrics:
+        (x, y), mask = _constrain((batch, mask), mesh)
+        size = _batch_size(x)
+        outputs, _ = fm.apply(state.params, state.model_state, x, train=False, key=None)
+
+        def masked_sum(name, values):
+            values = _per_example(name, values, size).astype(jnp.float32)
+            return jnp.sum(jnp.where(mask, values, 0.0))
+
+        sums = {"loss": masked_sum("loss_fn", objective.loss_fn(outputs, y))}
+        for name, fn in objective.metrics:
+            sums[name] = masked_sum(f"metrics[{name!r}]", fn(outputs, y))
+        sums["count"] = jnp.sum(mask, dtype=jnp.int32)
+        if objective.integer_labels:
+            # A label the outputs cannot index has no loss: counted, so evaluate can say so.
+            outside = (y < 0) | (y >= outputs.shape[-1])
+            sums["out_of_range"] = jnp.sum(outside & mask, dtype=jnp.int32)
+            sums["classes"] = jnp.asarray(outputs.shape[-1], jnp.int32)
+        return sums
 
     return jax.jit(eval_step)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _eval_batch(eval_step, state, images, labels, start, batch_size, totals):
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _eval_batch(eval_step, state, data, start, batch_size, totals):
     """Adds the sums of examples [start, start + batch_size) to ``totals``; rows past the end
     repeat the last example and are masked out, so every batch has one shape."""
-    num_examples = images.shape[0]
+    num_examples = _batch_size(data[0])
     index = start + jnp.arange(batch_size, dtype=jnp.int32)
     mask = index < num_examples
     index = jnp.minimum(index, num_examples - 1)
-    sums = eval_step(state, (images[index], labels[index], mask))
-    return {name: total + sums[name] for name, total in totals.items()}, sums["classes"]
+    batch = jax.tree.map(lambda leaf: jnp.take(leaf, index, axis=0), data)
+    sums = eval_step(state, batch, mask)
+    # Every entry is a sum over batches but the number of classes, the same in each.
+    return {name: (jnp.maximum if name == "classes" else jnp.add)(totals[name], sums[name])
+            for name in totals}
 
 
 def evaluate(
-        eval_step: Callable[[TrainState, Batch], Metrics],
+        eval_step: Callable[[TrainState, Batch, jax.Array], Metrics],
         state: TrainState,
-        images: Any,
-        labels: Any,
+        x: Any,
+        y: Any,
+        *,
         batch_size: int,
 ) -> dict[str, float]:
-    """Mean loss and accuracy over a whole split, every example counted exactly once.
+    """Mean loss and metrics over a whole split, every example counted exactly once.
 
-    loss = (Σ_i ℓ_i) / N and accuracy = (Σ_i [argmax z_i = y_i]) / N over all N examples; the
-    last batch is padded to ``batch_size`` and its padding masked out. The arrays go to the
-    device once (arrays already there are not copied); batches are gathered on the device and
-    the totals are read back once, at the end.
+    ``loss = (Σ_i ℓ_i) / N`` and likewise each metric over all N examples; the last batch is
+    padded to ``batch_size`` and its padding masked out. Arrays already on the device are not
+    copied; the totals are read back once, at the end.
 
     Args:
         eval_step: a function from :func:`make_eval_step`.
         state: the training state to evaluate; it is not donated.
-        images: float array of shape ``(N, ...)``.
-        labels: integer array of shape ``(N,)``.
+        x: the inputs, a pytree of arrays with a leading axis of N >= 1 examples.
+        y: the targets, likewise.
         batch_size: examples per compiled batch; any positive size works for any N.
 
     Returns:
-        ``{"loss": float, "accuracy": float}``.
+        ``{"loss": float, <metric>: float, ...}`` (a list of floats for a sum of several
+        values, e.g. per ensemble member).
 
     Raises:
-        ValueError: some label is not in [0, C − 1] for the model's C logits (found on the
-            device while evaluating; such a label would make the loss NaN or wrong).
+        ValueError: with the default loss, some label is outside ``[0, classes)`` (found on
+            the device while evaluating; such a label would give a wrong loss).
 
     Example:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
-        >>> class Net(nn.Module):
-        ...     @nn.compact
-        ...     def __call__(self, x, train):
-        ...         return nn.Dense(2)(x)
-        >>> images, labels = jnp.ones((5, 3)), jnp.zeros((5,), jnp.int32)
-        >>> state = create_train_state(Net(), optax.sgd(0.1), jax.random.key(0), images)
-        >>> result = evaluate(make_eval_step(Net()), state, images, labels, batch_size=2)
+        >>> x, y = jnp.ones((5, 3)), jnp.zeros((5,), jnp.int32)
+        >>> state = create_train_state(nn.Dense(2), optax.sgd(0.1), jax.random.key(0), x)
+        >>> result = evaluate(make_eval_step(nn.Dense(2)), state, x, y, batch_size=2)
         >>> sorted(result), result["accuracy"] in (0.0, 1.0)
         (['accuracy', 'loss'], True)
     """
-    batch_size = check_int("batch_size", batch_size, low=1)
-    images, labels = _check_split("images", images, "labels", labels)
-    images = jnp.asarray(images)
-    labels = jnp.asarray(labels, dtype=jnp.int32)
-    totals = {
-        "loss_sum": jnp.zeros((), jnp.float32),
-        "correct": jnp.zeros((), jnp.int32),
-        "count": jnp.zeros((), jnp.int32),
-        "out_of_range": jnp.zeros((), jnp.int32),
-    }
-    for start in range(0, images.shape[0], batch_size):
-        totals, classes = _eval_batch(eval_step, state, images, labels, start, batch_size, totals)
-    totals, classes = jax.device_get((totals, classes))
-    count = int(totals["count"])
-    if totals["out_of_range"]:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    num_examples = check_examples(("x", x), ("y", y))
+    data = jax.tree.map(jnp.asarray, (x, y))
+    # Shaped as the batches evaluated: a step for a mesh refuses a batch it cannot split.
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype),
+                         data)
+    sums = jax.eval_shape(eval_step, state, batch, jax.ShapeDtypeStruct((batch_size,), jnp.bool_))
+    totals = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums)
+    for start in range(0, num_examples, batch_size):
+        totals = _eval_batch(eval_step, state, data, start, batch_size, totals)
+    totals = jax.device_get(totals)
+    count = int(totals.pop("count"))
+    outside = int(np.sum(totals.pop("out_of_range", 0)))
+    classes = int(np.max(totals.pop("classes", 0)))
+    if outside:
         raise ValueError(
-            f"labels must lie in [0, {classes - 1}] for a model with {classes} logits; "
-            f"{int(totals['out_of_range'])} of the {count} labels do not"
+            f"y must hold integer labels in [0, {classes - 1}] for outputs of {classes} classes; "
+            f"{outside} of the {count} labels are outside"
         )
+    # The loss first, then the metrics by name (device_get returns a dict's keys sorted).
     return {
-        "loss": float(totals["loss_sum"]) / count,
-        "accuracy": int(totals["correct"]) / count,
+        name: (np.asarray(totals[name], np.float64) / count).tolist()
+        for name in sorted(totals, key=lambda name: name != "loss")
     }
+
+
+def check_examples(*named: tuple[str, Any]) -> int:
+    """The number of examples N shared by the leading axes of every array in the named pytrees.
+
+    Raises ``ValueError`` naming the pytree when one is empty, holds a non-array leaf or a
+    scalar, has no example, or disagrees with the first on N.
+
+    Example:
+        >>> import numpy as np
+        >>> check_examples(("x", {"a": np.zeros((4, 2)), "b": np.zeros(4)}), ("y", np.zeros(4)))
+        4
+    """
+    first: tuple[str, int] | None = None
+    for name, tree in named:
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+        if not leaves:
+            raise ValueError(f"{name} must hold at least one array, got {tree!r}")
+        for path, leaf in leaves:
+            where = f"{name}{jax.tree_util.keystr(path)}"
+            if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+                raise ValueError(f"{where} must be an array, got {type(leaf).__name__}")
+            if len(leaf.shape) == 0 or leaf.shape[0] == 0:
+                raise ValueError(
+                    f"{where} must have a leading axis of N >= 1 examples, got shape {leaf.shape}"
+                )
+            if first is None:
+                first = (where, leaf.shape[0])
+            elif leaf.shape[0] != first[1]:
+                raise ValueError(
+                    f"{where} has {leaf.shape[0]} examples but {first[0]} has {first[1]}: every "
+                    "array of x and y needs the same leading axis"
+                )
+    assert first is not None
+    return first[1]

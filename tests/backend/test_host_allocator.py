@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from jaxtricks.training.host_allocator import DEFAULT_KEEP_BYTES, configure_host_allocator
+from jaxtricks.backend.host_allocator import DEFAULT_KEEP_BYTES, configure_host_allocator
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 
@@ -45,7 +45,7 @@ def test_another_c_library_is_left_alone():
 
 
 def test_a_process_without_a_loadable_c_library_is_left_alone(monkeypatch):
-    from jaxtricks.training import host_allocator
+    from jaxtricks.backend import host_allocator
 
     def refuse(name):
         raise OSError("no C library")
@@ -71,7 +71,7 @@ def test_bad_keep_bytes_is_refused(keep_bytes):
 # warm-up, and prints the page faults those five allocations took.
 _PROBE = """
 import ctypes, resource, sys
-from jaxtricks.training.host_allocator import configure_host_allocator
+from jaxtricks.backend.host_allocator import configure_host_allocator
 if sys.argv[1] == "configured":
     print(configure_host_allocator())
 else:

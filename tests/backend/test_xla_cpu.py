@@ -7,7 +7,7 @@ import sys
 import jaxlib
 import pytest
 
-from jaxtricks.training.xla_cpu import YNN_FUSION_FLAG, configure_xla_cpu
+from jaxtricks.backend.xla_cpu import YNN_FUSION_FLAG, configure_xla_cpu
 
 FLAG_NAME = YNN_FUSION_FLAG.split("=")[0]
 
@@ -70,7 +70,7 @@ def test_asks_jax_whether_the_backend_has_started():
 
 
 _PROBE = """
-from jaxtricks.training import configure_xla_cpu
+from jaxtricks.backend import configure_xla_cpu
 print(configure_xla_cpu())
 import jax, jax.numpy as jnp
 from jax import lax

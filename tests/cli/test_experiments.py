@@ -11,13 +11,12 @@ import math
 import os
 import types
 
-import numpy as np
 import pytest
 
 from jaxtricks.cli import experiment, experiments
 from jaxtricks.cli.experiments import common
 from jaxtricks.cli.main import main
-from jaxtricks.data import DatasetNotFoundError, load
+from jaxtricks.data import DatasetNotFoundError, load, splits
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -76,17 +75,6 @@ def test_summarize_groups_runs_by_condition_in_order():
     assert summary["a"]["final"]["acc"]["std"] == 0.0
 
 
-def test_write_json_is_strict_and_leaves_no_temporary_file(tmp_path):
-    path = tmp_path / "sub" / "results.json"
-    value = {"a": math.nan, "b": [np.float32(1.5), math.inf], "c": np.arange(3), "d": (1, None)}
-    common.write_json(value, path)
-    assert json.loads(path.read_text()) == {"a": None, "b": [1.5, None], "c": [0, 1, 2],
-                                            "d": [1, None]}
-    assert os.listdir(path.parent) == ["results.json"]
-    common.write_json({"a": 1}, path)  # replaces the old file
-    assert json.loads(path.read_text()) == {"a": 1}
-
-
 def test_save_figure_writes_a_png_atomically(tmp_path):
     plt = common.pyplot()
     fig, ax = plt.subplots()
@@ -95,47 +83,6 @@ def test_save_figure_writes_a_png_atomically(tmp_path):
     path = common.save_figure(fig, tmp_path / "figure.png")
     assert open(path, "rb").read(8) == PNG
     assert os.listdir(tmp_path) == ["figure.png"]
-
-
-@pytest.mark.parametrize("scaling", common.SCALINGS)
-def test_load_data_gives_disjoint_scaled_real_subsets(scaling):
-    data = common.load_data("mnist", train_examples=500, test_examples=200,
-                            validation_examples=300, scaling=scaling)
-    assert data.train_x.shape == (500, 28, 28, 1) and data.val_x.shape == (300, 28, 28, 1)
-    assert data.test_x.shape == (200, 28, 28, 1)
-    for x in (data.train_x, data.test_x, data.val_x):
-        assert x.dtype == np.float32 and np.isfinite(x).all()
-    for y in (data.train_y, data.test_y, data.val_y):
-        assert y.dtype == np.int32 and y.min() >= 0 and y.max() <= 9
-    if scaling == "raw":
-        assert data.train_x.max() == 255.0 and data.train_x.min() == 0.0
-    elif scaling == "unit":
-        assert data.train_x.max() == 1.0 and data.train_x.min() == 0.0
-    else:
-        assert abs(float(data.train_x.mean())) < 1e-3
-        assert float(data.train_x.std()) == pytest.approx(1.0, abs=1e-3)
-    raw = common.load_data("mnist", validation_examples=300, scaling="raw")
-    assert raw.train_x.shape[0] == 60000 - 300
-    # The validation images are the training split's last ones, not among the first N.
-    assert np.array_equal(raw.val_x, common.load_data(
-        "mnist", validation_examples=300, scaling="raw").val_x)
-    assert not np.array_equal(raw.train_x[-300:], raw.train_x[:300])
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"dataset": "cifar"}, "dataset must be one of"),
-        ({"scaling": "minmax"}, "scaling must be one of"),
-        ({"train_examples": 0}, "train_examples must be an integer in"),
-        ({"train_examples": 59_001, "validation_examples": 1000}, "train_examples"),
-        ({"test_examples": 10_001}, "test_examples must be an integer in"),
-        ({"validation_examples": -1}, "validation_examples"),
-    ],
-)
-def test_load_data_refuses_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        common.load_data(**kwargs)
 
 
 def _fake_experiment(calls):
@@ -218,7 +165,7 @@ def test_a_missing_dataset_exits_with_a_message(tmp_path, monkeypatch, capsys):
     def missing(name, *args, **kwargs):
         raise DatasetNotFoundError(f"{name}: no verified copy anywhere")
 
-    monkeypatch.setattr(common, "load", missing)
+    monkeypatch.setattr(splits, "load", missing)
     with pytest.raises(SystemExit) as exit_info:
         experiment.main(["lr_decay", "--quick", "--out", str(tmp_path)])
     assert exit_info.value.code == 2

@@ -1,7 +1,6 @@
 """IDX reading and writing: round trips, the exact byte layout, and every malformed input."""
 
 import gzip
-import os
 import struct
 import sys
 import tracemalloc
@@ -13,10 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxtricks.data import idx
 from jaxtricks.data.idx import (
     IdxFormatError,
-    atomic_write,
     check_images_labels,
     decode_idx,
     encode_idx,
@@ -226,29 +223,6 @@ def test_good_reference_bytes_decode():
 def test_encode_refuses_what_idx_cannot_hold(array, message):
     with pytest.raises(ValueError, match=message):
         encode_idx(array)
-
-
-def test_atomic_write_failure_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
-    path = tmp_path / "data"
-    path.write_bytes(b"old")
-
-    def interrupted(fd):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(idx.os, "fsync", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(path, b"new content")
-    assert path.read_bytes() == b"old"
-    assert os.listdir(tmp_path) == ["data"]
-
-
-def test_atomic_write_respects_umask(tmp_path):
-    old = os.umask(0o027)
-    try:
-        atomic_write(tmp_path / "f", b"x")
-    finally:
-        os.umask(old)
-    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o640
 
 
 def _images(n):

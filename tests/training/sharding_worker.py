@@ -123,7 +123,7 @@ def check_training():
             kernel = state.params["Dense_0"]["kernel"]
             runs[str(devices)] = {
                 "params": _flat(state.params),
-                "batch_stats": _flat(state.batch_stats),
+                "batch_stats": _flat(state.model_state["batch_stats"]),
                 "grad_norms": grad_norms,
                 "param_devices": len(kernel.sharding.device_set),
                 "opt_state_bytes_per_device": per_device_bytes(state.opt_state),
@@ -140,16 +140,16 @@ def check_fit():
     runs = {}
     for name, mesh in (("none", None), ("8_zero1", make_mesh(8))):
         state, history = fit(
-            Net(), optimizer, images, labels, images[:30], labels[:30],
+            Net(), optimizer, images, labels, validation_data=(images[:30], labels[:30]),
             epochs=2, batch_size=BATCH, runner="auto", progress=False,
             mesh=mesh, shard_optimizer_state=mesh is not None,
         )
         runs[name] = {
             "params": _flat(state.params),
-            "batch_stats": _flat(state.batch_stats),
-            "test_loss": [record["test_loss"] for record in history["epochs"]],
-            "train_loss": [record["train_loss"] for record in history["epochs"]],
-            "data_parallel_devices": history["header"]["data_parallel_devices"],
+            "batch_stats": _flat(state.model_state["batch_stats"]),
+            "val_loss": history["val_loss"],
+            "train_loss": history["loss"],
+            "data_parallel_devices": history.header["data_parallel_devices"],
             "kernel_spec": str(
                 getattr(state.opt_state[1][0].mu["Dense_0"]["kernel"].sharding, "spec", None)
             ),
@@ -188,11 +188,11 @@ def check_batch_norm():
         create_train_state(cnn, optimizer, jax.random.key(0), images[:1]), (images, labels)
     )
     return {
-        "cnn_sharded": _flat(cnn_sharded.batch_stats),
-        "cnn_single": _flat(cnn_single.batch_stats),
+        "cnn_sharded": _flat(cnn_sharded.model_state["batch_stats"]),
+        "cnn_single": _flat(cnn_single.model_state["batch_stats"]),
         "cnn_collectives": _collectives(cnn_text),
-        "sharded": _flat(sharded.batch_stats),
-        "single": _flat(single.batch_stats),
+        "sharded": _flat(sharded.model_state["batch_stats"]),
+        "single": _flat(single.model_state["batch_stats"]),
         # Running averages with momentum 0.9 from mean 0 and variance 1.
         "global": {"mean": (0.1 * hidden.mean(0)).tolist(),
                    "var": (0.9 + 0.1 * hidden.var(0)).tolist()},
@@ -327,7 +327,7 @@ def check_donation():
         shard_optimizer_state=True,
     )
     before = jax.tree.map(lambda leaf: leaf.sharding, state)
-    step = make_train_step(Net(), optimizer, mesh=mesh, shard_optimizer_state=True)
+    step = make_train_step(Net(), optimizer, mesh=mesh, shard_optimizer_state=True, donate=True)
     new_state, _ = step(state, shard_batch((images, labels), mesh))
     return {
         "same_shardings": all(jax.tree.leaves(jax.tree.map(
@@ -370,7 +370,7 @@ def check_errors():
             messages[name] = None
 
     message("fit_batch_size", lambda: fit(
-        Net(), optimizer, images, labels, images, labels,
+        Net(), optimizer, images, labels, validation_data=(images, labels),
         epochs=1, batch_size=12, progress=False, mesh=mesh,
     ))
     state = shard_train_state(

@@ -1,13 +1,15 @@
-"""Tests for jaxtricks.training.averaging: batch-norm statistics measured again, exactly."""
+"""Tests for jaxtricks.training.averaging: batch-norm statistics measured again, exactly, for
+Linen and NNX models."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxtricks.models.cnn import CNN
-from jaxtricks.training.averaging import recompute_batch_stats
+from jaxtricks.training.averaging import recompute_batch_stats, recompute_model_state
 
 EPSILON = 1e-5
 
@@ -173,3 +175,71 @@ def test_invalid_arguments_are_refused(setup, kwargs, message):
     } | kwargs  # fmt: skip
     with pytest.raises(ValueError, match=message):
         recompute_batch_stats(**arguments)
+
+
+# ------------------------------------------------------------------ recompute_model_state
+
+
+def test_linen_model_state_gets_recomputed_batch_stats_and_keeps_the_rest(setup):
+    data, params, stale = setup
+    other = {"counter": jnp.arange(3)}
+    fresh = recompute_model_state(MODEL, params, {"batch_stats": stale, "other": other}, data,
+                                  batch_size=len(data))
+    assert set(fresh) == {"batch_stats", "other"} and fresh["other"] is other
+    assert_stats_close(fresh["batch_stats"], hand_statistics(data, params), rtol=1e-5)
+    without = recompute_model_state(nn.Dense(2), {"kernel": jnp.ones((5, 2))}, {}, data)
+    assert without == {}
+
+
+def nnx_model(seed=0):
+    """Linear → BN → ReLU → Dropout → Linear → BN, as TwoBatchNorms, in NNX."""
+    rngs = nnx.Rngs(seed)
+    return nnx.Sequential(
+        nnx.Linear(5, 4, rngs=rngs), nnx.BatchNorm(4, momentum=0.9, epsilon=EPSILON, rngs=rngs),
+        nnx.relu, nnx.Dropout(0.5, rngs=rngs),
+        nnx.Linear(4, 3, rngs=rngs), nnx.BatchNorm(3, momentum=0.99, epsilon=EPSILON, rngs=rngs),
+    )
+
+
+def nnx_hand_statistics(data, model):
+    """Each NNX batch-norm layer's mean and biased variance in float64, dropout off."""
+    first, norm, second = model.layers[0], model.layers[1], model.layers[4]
+
+    def array(variable):
+        return np.asarray(variable[...], np.float64)
+
+    z1 = data.astype(np.float64) @ array(first.kernel) + array(first.bias)
+    mean1, var1 = z1.mean(0), z1.var(0)
+    h = np.maximum(array(norm.scale) * (z1 - mean1) / np.sqrt(var1 + EPSILON) + array(norm.bias),
+                   0)
+    z2 = h @ array(second.kernel) + array(second.bias)
+    return [(mean1, var1), (z2.mean(0), z2.var(0))]
+
+
+@pytest.mark.parametrize("batch_size", [7, 30])
+def test_nnx_batch_norm_statistics_are_measured_again(setup, batch_size):
+    data = setup[0]
+    model = nnx_model()
+    # Non-trivial scales and shifts, so that the second layer's inputs depend on them.
+    model.layers[1].scale.set_value(jnp.linspace(0.5, 2.0, 4))
+    model.layers[1].bias.set_value(jnp.linspace(-1.0, 1.0, 4))
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    fresh = recompute_model_state(model, params, model_state, data, batch_size=batch_size)
+    # The module itself is left as it was: only the returned state holds the measurement.
+    np.testing.assert_array_equal(model.layers[1].mean[...], np.zeros(4))
+    assert model.layers[1].momentum == 0.9
+    nnx.update(model, fresh)
+    expected = nnx_hand_statistics(data, model)
+    layers = [model.layers[1], model.layers[5]]
+    # The first layer is exact for any batch size, every layer with one batch of all the data.
+    for index, (layer, (mean, var)) in enumerate(zip(layers, expected, strict=True)):
+        if index == 0 or batch_size >= len(data):
+            np.testing.assert_allclose(layer.mean[...], mean, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(layer.var[...], var, rtol=1e-4, atol=1e-5)
+
+
+def test_an_nnx_model_without_batch_norm_gets_its_state_back():
+    model = nnx.Sequential(nnx.Linear(5, 2, rngs=nnx.Rngs(0)))
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    assert recompute_model_state(model, params, model_state, np.ones((4, 5), np.float32)) is (
+        model_state)

@@ -20,14 +20,18 @@ from training_toys import TinyNet, toy_problem
 from jaxtricks.cli import train as train_cli
 from jaxtricks.cli.main import build_parser, main
 from jaxtricks.data import datasets, write_idx
-from jaxtricks.training.checkpoint import CheckpointManager, DamagedCheckpointError
-from jaxtricks.training.epochs import (
-    compile_epoch_runner,
-    epoch_indices,
-    run_epoch,
-    zero_totals,
+from jaxtricks.training import checkpoint
+from jaxtricks.training.checkpoint import (
+    MANIFEST,
+    CheckpointHook,
+    CheckpointManager,
+    CheckpointSaveError,
+    DamagedCheckpointError,
 )
-from jaxtricks.training.fit import METRICS_FILE, fit
+from jaxtricks.training.epochs import compile_epoch_runner, epoch_indices, run_epoch
+from jaxtricks.training.fit import fit
+from jaxtricks.training.history import History
+from jaxtricks.training.hooks import MetricsFileHook
 from jaxtricks.training.state import create_train_state
 from jaxtricks.training.steps import make_train_step
 from jaxtricks.tricks import optimizers
@@ -35,10 +39,12 @@ from jaxtricks.tricks import optimizers
 MODEL = TinyNet()  # batch norm and dropout: batch_stats and the dropout key both matter
 OPTIMIZER = optimizers.adam(1e-2)  # Adam's moments and count are in the state
 TRAIN_IMAGES, TRAIN_LABELS = toy_problem(seed=2, num_examples=260)  # 8 steps of 32
-TEST_IMAGES, TEST_LABELS = toy_problem(seed=3, num_examples=70)
+VAL_IMAGES, VAL_LABELS = toy_problem(seed=3, num_examples=70)
 BATCH = 32
 STEPS = len(TRAIN_IMAGES) // BATCH
-TIMINGS = {"epoch_time_s", "eval_time_s", "images_per_s", "runner"}
+METRICS_FILE = "metrics.json"
+# What differs between two runs of the same computation: wall-clock measurements.
+TIMINGS = {"epoch_time_s", "eval_time_s", "examples_per_s"}
 
 # Orbax leaves the coroutines of a failed read (a damaged checkpoint) unawaited; Python reports
 # them when they are collected, in whichever test that happens.
@@ -82,8 +88,16 @@ def abstract(tree):
     return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), tree)
 
 
-def without_timings(history):
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in history["epochs"]]
+def without_timings(records):
+    """Epoch records (EpochRecord objects or their dicts) without wall-clock measurements: the
+    timing fields, and metrics in seconds (``elapsed_s``, ``averaged_eval_time_s``)."""
+    result = []
+    for record in records:
+        record = record if isinstance(record, dict) else record.to_dict()
+        kept = {k: v for k, v in record.items() if k not in TIMINGS}
+        kept["metrics"] = {k: v for k, v in record["metrics"].items() if not k.endswith("_s")}
+        result.append(kept)
+    return result
 
 
 def array_file(directory, step):
@@ -174,6 +188,11 @@ def damage(directory, step, how):
         json.dump(sealed, open(metadata_file(directory, step), "w"))
     elif how == "an empty step directory":
         os.mkdir(os.path.join(directory, str(step)))
+    elif how == "delete the manifest":
+        os.remove(os.path.join(directory, str(step), MANIFEST))
+    elif how == "add a file":
+        with open(os.path.join(directory, str(step), "state", "extra"), "wb") as file:
+            file.write(b"\0")
     else:
         raise AssertionError(how)
 
@@ -187,6 +206,8 @@ def damage(directory, step, how):
         "garbage metadata",
         "edited metadata",
         "an empty step directory",
+        "delete the manifest",
+        "add a file",
     ],
 )
 def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning(tmp_path, state, how):
@@ -205,11 +226,22 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning(tmp_path, state, 
         manager.restore(state, step=damaged)
 
 
-def test_a_bit_flip_is_caught_by_the_digest_where_orbax_alone_sees_nothing(tmp_path):
+def test_a_bit_flip_is_caught_by_the_digests_where_orbax_alone_sees_nothing(tmp_path):
     tree = {"w": jnp.arange(4096, dtype=jnp.float32)}
     manager = CheckpointManager(tmp_path)
     manager.save(1, tree)
     damage(tmp_path, 1, "flip a bit in an array file")
+    # The manifest of the checkpoint's files catches it before Orbax reads the file.
+    with pytest.raises(DamagedCheckpointError, match=r"its file state/\S+ changed since it was"):
+        manager.restore(tree, step=1)
+    # Had the bit flipped before the manifest was written, the leaf's own digest catches it.
+    manifest_path = tmp_path / "1" / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    flipped = os.path.relpath(array_file(tmp_path, 1), tmp_path / "1")
+    assert flipped in manifest["files"]
+    manifest["files"][flipped] = hashlib.sha256(open(array_file(tmp_path, 1), "rb").read()
+                                                ).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(DamagedCheckpointError, match=r"the bytes of \['w'\] changed"):
         manager.restore(tree, step=1)
     # Orbax on its own hands the flipped bits back without an error.
@@ -265,14 +297,27 @@ def test_bad_arguments_are_refused(tmp_path, call, name):
         call(tmp_path)
 
 
-# --------------------------------------------------------------------------------------- fit
+def test_a_save_the_disk_has_no_room_for_is_refused_whole(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path)
+    manager.save(1, {"x": jnp.ones(3)})
+    free = type("Usage", (), {"free": 1000})()
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: free)
+    with pytest.raises(CheckpointSaveError, match=r"in \S+: the disk has 0\.0 MiB free and the "
+                                                  r"checkpoint needs about 1\.0 MiB"):
+        manager.save(2, {"x": jnp.ones(3)})
+    assert sorted(os.listdir(tmp_path)) == ["1"]
+    assert manager.restore({"x": jnp.zeros(3)}).step == 1
 
 
-def run(**overrides):
+# ------------------------------------------------------------------ CheckpointHook with fit
+
+
+def run(*callbacks, **overrides):
     arguments = {
         "epochs": 3, "batch_size": BATCH, "seed": 0, "runner": "loop", "progress": False,
     } | overrides  # fmt: skip
-    return fit(MODEL, OPTIMIZER, TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS, **arguments)
+    return fit(MODEL, OPTIMIZER, TRAIN_IMAGES, TRAIN_LABELS,
+               validation_data=(VAL_IMAGES, VAL_LABELS), callbacks=list(callbacks), **arguments)
 
 
 @pytest.fixture(scope="module")
@@ -281,25 +326,40 @@ def reference():
     return state, history
 
 
+@pytest.fixture(scope="module")
+def zero_totals():
+    """The running totals of an epoch of ``run``'s steps at its start, as a checkpoint holds
+    them (loss, accuracy, grad_norm, skipped, steps)."""
+    state = create_train_state(MODEL, OPTIMIZER, jax.random.key(0), jnp.asarray(TRAIN_IMAGES[:1]))
+    data = (jnp.asarray(TRAIN_IMAGES), jnp.asarray(TRAIN_LABELS))
+    indices = epoch_indices(jax.random.key(1), 1, len(TRAIN_IMAGES), BATCH)
+    runner = compile_epoch_runner(make_train_step(MODEL, OPTIMIZER), "loop", state, data, indices)
+    return runner.zero_totals()
+
+
+def like(state, totals):
+    """What CheckpointHook saves for a run without stateful hooks: (state, totals, {})."""
+    return state, totals, {}
+
+
 def test_an_epoch_run_in_parts_equals_one_run():
     train_step = make_train_step(MODEL, OPTIMIZER)
     state = create_train_state(MODEL, OPTIMIZER, jax.random.key(0), jnp.asarray(TRAIN_IMAGES[:1]))
-    images, labels = jnp.asarray(TRAIN_IMAGES), jnp.asarray(TRAIN_LABELS)
-    indices = epoch_indices(jax.random.key(1), 1, len(images), BATCH)
+    data = (jnp.asarray(TRAIN_IMAGES), jnp.asarray(TRAIN_LABELS))
+    indices = epoch_indices(jax.random.key(1), 1, len(TRAIN_IMAGES), BATCH)
     for name in ("loop", "scan"):
-        runner = compile_epoch_runner(train_step, name, state, images, labels, indices)
-        whole = run_epoch(runner, jax.tree.map(jnp.copy, state), images, labels, indices)
+        runner = compile_epoch_runner(train_step, name, state, data, indices)
+        whole = run_epoch(runner, jax.tree.map(jnp.copy, state), data, indices)
         parts, totals, start = jax.tree.map(jnp.copy, state), None, 0
         for stop in (3, 5, STEPS):
-            parts, totals = run_epoch(
-                runner, parts, images, labels, indices, start=start, stop=stop, totals=totals
-            )
+            parts, totals = run_epoch(runner, parts, data, indices, start=start, stop=stop,
+                                      totals=totals)
             start = stop
         assert_bits_equal((parts, totals), whole)
     with pytest.raises(ValueError, match="totals"):
-        run_epoch(runner, state, images, labels, indices, start=2)
+        run_epoch(runner, state, data, indices, start=2)
     with pytest.raises(ValueError, match="start and stop"):
-        run_epoch(runner, state, images, labels, indices, start=3, stop=2, totals=zero_totals())
+        run_epoch(runner, state, data, indices, start=3, stop=2, totals=runner.zero_totals())
 
 
 @pytest.mark.parametrize(
@@ -311,77 +371,98 @@ def test_an_epoch_run_in_parts_equals_one_run():
         (None, None, [24]),
     ],
 )
-def test_cadence(tmp_path, reference, every_steps, every_epochs, expected):
-    state, history = run(
-        checkpoint_dir=tmp_path,
-        checkpoint_every_steps=every_steps,
-        checkpoint_every_epochs=every_epochs,
-        keep_checkpoints=100,
-    )
+def test_cadence(tmp_path, reference, zero_totals, every_steps, every_epochs, expected):
+    state, history = run(CheckpointHook(tmp_path, every_steps=every_steps,
+                                        every_epochs=every_epochs, keep=100))
     manager = CheckpointManager(tmp_path)
     assert manager.steps() == expected
     assert_bits_equal(state, reference[0])  # checkpointing changes nothing
-    assert without_timings(history) == without_timings(reference[1])
-    like = (state, zero_totals())
-    last = manager.restore(like)
+    assert without_timings(history.epochs) == without_timings(reference[1].epochs)
+    last = manager.restore(like(state, zero_totals))
     assert_bits_equal(last.tree[0], state)
-    assert last.metadata["history"] == json.loads(json.dumps(history["epochs"]))
-    assert last.metadata["epoch"] == 3 and last.metadata["step"] == 3 * STEPS
+    assert last.metadata["history"] == json.loads(json.dumps(history.to_dict()["epochs"]))
+    assert last.metadata["step"] == 3 * STEPS
+    assert (last.metadata["first_epoch"], last.metadata["epochs"]) == (0, 3)
     assert last.metadata["config"] == {
         "seed": 0, "batch_size": BATCH, "train_examples": len(TRAIN_IMAGES),
-        "skip_nonfinite": True,
+        "validation_examples": len(VAL_IMAGES), "skip_nonfinite": True,
     }  # fmt: skip
-    assert last.metadata["extra"] == {}
+    assert last.metadata["hooks"] == {}  # no hook with a state of its own
     if every_steps == 5:
-        middle = manager.restore(like, step=10)  # epoch 2, 2 of its steps done
-        assert middle.metadata["epoch"] == 1 and len(middle.metadata["history"]) == 1
+        middle = manager.restore(like(state, zero_totals), step=10)  # epoch 2, 2 steps done
+        assert middle.metadata["step"] == 10 and len(middle.metadata["history"]) == 1
         assert int(middle.tree[1]["steps"]) == 2
 
 
 @pytest.mark.parametrize("resume_from", [3, 8, 21])  # inside epoch 1, at its end, inside epoch 3
 def test_resuming_in_process_equals_the_uninterrupted_run(tmp_path, reference, resume_from):
-    run(checkpoint_dir=tmp_path, checkpoint_every_steps=3, keep_checkpoints=100)
-    manager = CheckpointManager(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    run(CheckpointHook(checkpoints, every_steps=3, keep=100))
+    manager = CheckpointManager(checkpoints)
     for step in manager.steps():
         if step > resume_from:
             manager.delete(step)
-    out_dir = tmp_path / "out"
-    state, history = run(
-        checkpoint_dir=tmp_path, checkpoint_every_steps=3, resume=True, out_dir=out_dir
-    )
+    metrics = tmp_path / "out" / METRICS_FILE
+    state, history = run(CheckpointHook(checkpoints, every_steps=3, resume=True),
+                         MetricsFileHook(metrics))
     assert_bits_equal(state, reference[0])
-    assert without_timings(history) == without_timings(reference[1])
-    written = json.loads((out_dir / METRICS_FILE).read_text())
-    assert [r["epoch"] for r in written["epochs"]] == [1, 2, 3]
-    assert manager.steps() == [18, 21, 24]  # keep_checkpoints=3 from here on
+    assert without_timings(history.epochs) == without_timings(reference[1].epochs)
+    written = History.from_json(metrics.read_text())
+    assert [r.epoch for r in written.epochs] == [1, 2, 3]
+    assert without_timings(written.epochs) == without_timings(reference[1].epochs)
+    assert manager.steps() == [18, 21, 24]  # keep=3 from here on
 
 
-def test_resume_skips_a_damaged_checkpoint_and_deletes_it(tmp_path, reference):
-    run(checkpoint_dir=tmp_path, checkpoint_every_steps=5, epochs=2, keep_checkpoints=100)
+def test_resume_skips_a_damaged_checkpoint_and_deletes_it(tmp_path, reference, zero_totals):
+    run(CheckpointHook(tmp_path, every_steps=5, keep=100))
     manager = CheckpointManager(tmp_path)
-    assert manager.steps() == [5, 8, 10, 15, 16]
+    assert manager.steps() == [5, 8, 10, 15, 16, 20, 24]
+    for step in (20, 24):  # as if the run had been killed after saving step 16
+        manager.delete(step)
     damage(tmp_path, 16, "truncate an array file")
-    with pytest.warns(UserWarning, match=f"{tmp_path}/16 is damaged"):
-        state, history = run(checkpoint_dir=tmp_path, checkpoint_every_steps=5, resume=True)
+    with pytest.warns(UserWarning, match=f"{tmp_path}/16 is damaged") as warned:
+        state, history = run(CheckpointHook(tmp_path, every_steps=5, resume=True))
+    assert len([w for w in warned if "is damaged" in str(w.message)]) == 1
     assert_bits_equal(state, reference[0])
-    assert without_timings(history) == without_timings(reference[1])
-    assert 16 in manager.steps()  # saved again, whole
-    assert_bits_equal(manager.restore((state, zero_totals())).tree[0], state)
+    assert without_timings(history.epochs) == without_timings(reference[1].epochs)
+    assert manager.steps() == [16, 20, 24]  # 16 saved again, whole; keep=3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = manager.restore(like(state, zero_totals), step=16)
+    assert again.metadata["step"] == 16
 
 
 def test_resume_without_checkpoints_starts_afresh_and_a_finished_run_stays(tmp_path, reference):
-    state, history = run(checkpoint_dir=tmp_path, resume=True)
+    state, history = run(CheckpointHook(tmp_path, resume=True))
     assert_bits_equal(state, reference[0])
     steps = CheckpointManager(tmp_path).steps()
-    again, again_history = run(checkpoint_dir=tmp_path, resume=True)
+    assert steps == [8, 16, 24]
+    again, again_history = run(CheckpointHook(tmp_path, resume=True))
     assert_bits_equal(again, reference[0])
-    assert again_history["epochs"] == history["epochs"]  # read back, timings included
+    assert again_history.epochs == history.epochs  # read back, timings included
     assert CheckpointManager(tmp_path).steps() == steps
+
+
+def test_a_resumed_run_trains_the_epochs_its_call_asks_for(tmp_path, reference):
+    """A run of 3 epochs interrupted after step 12 and resumed by a call asking for 5 epochs
+    goes on to epoch 5, as a run of 5 epochs never interrupted; resumed by a call asking for
+    3 once more, a finished run trains nothing."""
+    run(CheckpointHook(tmp_path, every_steps=4, keep=100))
+    manager = CheckpointManager(tmp_path)
+    for step in manager.steps():
+        if step > 12:
+            manager.delete(step)
+    state, history = run(CheckpointHook(tmp_path, every_steps=4, resume=True), epochs=5)
+    assert [r.epoch for r in history.epochs] == [1, 2, 3, 4, 5]
+    longer, longer_history = run(epochs=5)
+    assert_bits_equal(state, longer)
+    assert without_timings(history.epochs) == without_timings(longer_history.epochs)
+    assert without_timings(history.epochs[:3]) == without_timings(reference[1].epochs)
 
 
 def test_resume_continues_a_run_that_began_from_a_given_state(tmp_path, reference):
     first, _ = run(epochs=1)
-    run(epochs=2, state=first, checkpoint_dir=tmp_path, checkpoint_every_steps=3)
+    run(CheckpointHook(tmp_path, every_steps=3), epochs=2, initial_state=first)
     manager = CheckpointManager(tmp_path)
     for step in manager.steps():
         if step > 12:
@@ -389,35 +470,40 @@ def test_resume_continues_a_run_that_began_from_a_given_state(tmp_path, referenc
     first, _ = run(epochs=1)
     # The same call plus resume: the given state is replaced by the checkpoint's, and the run
     # still ends at its first epoch (1) plus epochs (2).
-    state, history = run(epochs=2, state=first, checkpoint_dir=tmp_path, resume=True)
+    state, history = run(CheckpointHook(tmp_path, resume=True), epochs=2, initial_state=first)
     assert_bits_equal(state, reference[0])
-    assert [r["epoch"] for r in history["epochs"]] == [2, 3]
-    assert without_timings(history) == without_timings(reference[1])[1:]
+    assert [r.epoch for r in history.epochs] == [2, 3]
+    assert without_timings(history.epochs) == without_timings(reference[1].epochs)[1:]
 
 
 @pytest.mark.parametrize(
-    ("overrides", "name"),
+    ("kwargs", "name"),
     [
-        ({"resume": True}, "checkpoint_dir"),
-        ({"checkpoint_every_steps": 0, "checkpoint_dir": "x"}, "checkpoint_every_steps"),
-        ({"checkpoint_every_epochs": 0, "checkpoint_dir": "x"}, "checkpoint_every_epochs"),
-        ({"keep_checkpoints": 0, "checkpoint_dir": "x"}, "keep_checkpoints"),
-        ({"resume": 1, "checkpoint_dir": "x"}, "resume"),
-        ({"checkpoint_dir": 3}, "checkpoint_dir"),
+        ({"every_steps": 0}, "every_steps"),
+        ({"every_steps": 2.0}, "every_steps"),
+        ({"every_epochs": 0}, "every_epochs"),
+        ({"keep": 0}, "max_to_keep"),
+        ({"resume": 1}, "resume"),
+        ({"directory": 3}, "directory"),
     ],
 )
-def test_bad_fit_arguments_are_refused(tmp_path, overrides, name):
+def test_bad_hook_arguments_are_refused(tmp_path, kwargs, name):
+    arguments = {"directory": tmp_path / "x"} | kwargs
+    directory = arguments.pop("directory")
     with pytest.raises(ValueError, match=name):
-        run(**overrides)
-    assert not os.path.exists("x")
+        CheckpointHook(directory, **arguments)
+    assert not (tmp_path / "x").exists()
 
 
 def test_a_used_directory_or_another_run_is_refused(tmp_path):
-    run(epochs=1, checkpoint_dir=tmp_path)
+    run(CheckpointHook(tmp_path), epochs=1)
     with pytest.raises(ValueError, match="already holds the checkpoints of steps \\[8\\]"):
-        run(epochs=1, checkpoint_dir=tmp_path)
+        run(CheckpointHook(tmp_path), epochs=1)
     with pytest.raises(ValueError, match="seed=0, this one has seed=1"):
-        run(epochs=1, checkpoint_dir=tmp_path, resume=True, seed=1)
+        run(CheckpointHook(tmp_path, resume=True), epochs=1, seed=1)
+    with pytest.raises(ValueError, match="batch_size=32, this one has batch_size=64"):
+        run(CheckpointHook(tmp_path, resume=True), epochs=1, batch_size=64)
+    assert CheckpointManager(tmp_path).steps() == [8]  # the checkpoint is kept
 
 
 # ------------------------------------------------------------------------- kill and resume
@@ -430,15 +516,17 @@ datasets.SHA256 = {**datasets.SHA256, "mnist": json.loads(sys.argv[1])}
 from jaxtricks.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
+FAKE_TRAIN, FAKE_VALIDATION = 256, 32
 
 
 @pytest.fixture(scope="module")
 def fake_mnist(tmp_path_factory):
-    """IDX files of 256 train and 64 test 28×28 images of two classes, and their checksums."""
+    """IDX files of 288 train (256 to train on, 32 held out) and 64 test 28×28 images of two
+    classes, and their checksums."""
     folder = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
     arrays = []
-    for n in (256, 64):
+    for n in (FAKE_TRAIN + FAKE_VALIDATION, 64):
         labels = (np.arange(n) % 2).astype(np.uint8)
         images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
         images[labels == 1, 8:20, 8:20] = 250
@@ -454,8 +542,16 @@ def train_flags(data, out, epochs, *extra):
     return [
         "train", "--data-dir", str(data), "--out", str(out), "--epochs", str(epochs),
         "--batch-size", "32", "--model", "mlp", "--no-progress", "--no-plot", "--runner",
-        "loop", "--seed", "5", *extra,
+        "loop", "--seed", "5", "--validation-examples", str(FAKE_VALIDATION), *extra,
     ]  # fmt: skip
+
+
+def exit_status(argv):
+    """``main(argv)``'s exit status, whether it returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
 
 
 def start_training(table, flags, log):
@@ -470,36 +566,42 @@ def start_training(table, flags, log):
 def final_checkpoint(directory, flags):
     """The newest checkpoint of a `jaxtricks train` run, restored."""
     args = build_parser().parse_args(flags)
-    optimizer = train_cli.build_optimizer(args, train_cli.build_schedule(args, 256 // 32))
+    optimizer = train_cli.build_optimizer(args, train_cli.build_schedule(args, FAKE_TRAIN // 32))
     model = train_cli.build_model(args)
-    state = create_train_state(model, optimizer, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-    return CheckpointManager(directory).restore((state, zero_totals()))
+    data = (jnp.zeros((32, 28, 28, 1)), jnp.zeros(32, jnp.int32))
+    state = create_train_state(model, optimizer, jax.random.key(0), data[0][:1])
+    indices = epoch_indices(jax.random.key(0), 1, 32, 32)
+    runner = compile_epoch_runner(make_train_step(model, optimizer), "loop", state, data, indices)
+    return CheckpointManager(directory).restore(like(state, runner.zero_totals()))
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--checkpoint-every-steps", "0"], "--checkpoint-every-steps must be >= 1, got 0"),
-        (["--checkpoint-every-epochs", "-1"], "--checkpoint-every-epochs must be >= 0, got -1"),
-        (["--keep-checkpoints", "0"], "--keep-checkpoints must be >= 1, got 0"),
+        (["--checkpoint-every-steps", "0"], "--checkpoint-every-steps must be an integer >= 1, "
+                                            "got 0"),
+        (["--checkpoint-every-epochs", "-1"], "--checkpoint-every-epochs must be an integer >= "
+                                              "0, got -1"),
+        (["--keep-checkpoints", "0"], "--keep-checkpoints must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_checkpoint_flags_fail_with_a_message(fake_mnist, tmp_path, capsys, flags, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(train_flags(fake_mnist[0], tmp_path, 1, *flags))
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert exit_status(train_flags(fake_mnist[0], tmp_path / "out", 1, *flags)) == 2
+    assert capsys.readouterr().err == f"jaxtricks train: error: {message}\n"
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_command_line_checkpoints_into_out_and_resumes(fake_mnist, tmp_path, monkeypatch):
+def test_the_command_line_checkpoints_into_out_and_resumes(fake_mnist, tmp_path, monkeypatch,
+                                                            capsys):
     data, table = fake_mnist
     monkeypatch.setattr(datasets, "SHA256", {**datasets.SHA256, "mnist": table})
     flags = train_flags(data, tmp_path, 2, "--train-examples", "64", "--keep-checkpoints", "1")
     assert main(flags) == 0
     assert CheckpointManager(tmp_path / "checkpoints").steps() == [4]  # 2 epochs of 2 steps
     first = json.loads((tmp_path / METRICS_FILE).read_text())["epochs"]
-    with pytest.raises(SystemExit):  # the run is there: continue it or start elsewhere
-        main(flags)
+    capsys.readouterr()
+    assert exit_status(flags) == 2  # the run is there: continue it or start elsewhere
+    assert "pass --resume" in capsys.readouterr().err
     assert main([*flags, "--resume"]) == 0  # finished already: nothing left to train
     assert json.loads((tmp_path / METRICS_FILE).read_text())["epochs"] == first
 
@@ -515,9 +617,11 @@ def newest_finished(checkpoints):
 def test_a_killed_training_resumes_to_the_same_bits(fake_mnist, tmp_path, monkeypatch):
     """Killed with SIGKILL twice, each time soon after a new checkpoint (the second time at a
     later moment, which may fall in training, evaluation or a save), then resumed to the end:
-    the final state and the history equal an uninterrupted run's, bit for bit."""
+    the final state and the history equal an uninterrupted run's, bit for bit. The metrics
+    file, written after each epoch, is whole JSON whenever the process is killed."""
     data, table = fake_mnist
     epochs = 8  # 64 steps, a checkpoint every 4
+    steps = epochs * FAKE_TRAIN // 32
     reference_flags = train_flags(data, tmp_path / "reference", epochs, *EVERY_4_STEPS)
     monkeypatch.setattr(datasets, "SHA256", {**datasets.SHA256, "mnist": table})
     assert main(reference_flags) == 0  # uninterrupted, in this process
@@ -536,20 +640,20 @@ def test_a_killed_training_resumes_to_the_same_bits(fake_mnist, tmp_path, monkey
         time.sleep(delay_s)
         process.send_signal(signal.SIGKILL)
         assert process.wait(timeout=60) == -signal.SIGKILL, log.read_text()  # not finished
-        assert newest_finished(checkpoints) < epochs * 8
-        assert not (tmp_path / "killed" / METRICS_FILE).exists()
+        assert newest_finished(checkpoints) < steps
+        metrics = tmp_path / "killed" / METRICS_FILE
+        if metrics.exists():
+            written = History.from_json(metrics.read_text())
+            assert len(written.epochs) < epochs
 
     resumed = start_training(table, [*killed_flags, "--resume"], log)
     assert resumed.wait(timeout=300) == 0, log.read_text()
     expected = final_checkpoint(tmp_path / "reference" / "checkpoints", reference_flags)
     actual = final_checkpoint(checkpoints, killed_flags)
-    assert actual.step == expected.step == epochs * 8
+    assert actual.step == expected.step == steps
     assert_bits_equal(actual.tree, expected.tree)
 
     def epochs_of(folder):
-        history = json.loads((folder / METRICS_FILE).read_text())
-        return without_timings({"epochs": [
-            {k: v for k, v in r.items() if k != "elapsed_s"} for r in history["epochs"]
-        ]})  # fmt: skip
+        return without_timings(json.loads((folder / METRICS_FILE).read_text())["epochs"])
 
     assert epochs_of(tmp_path / "killed") == epochs_of(tmp_path / "reference")

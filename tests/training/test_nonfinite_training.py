@@ -24,11 +24,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxtricks as jt
 from jaxtricks.models import CNN
 from jaxtricks.training import create_train_state, epoch_indices, fit, make_train_step
+from jaxtricks.tricks.plateau import plateau_states, reduce_on_plateau, scale_by_plateau
 
 BATCH = 32
 LEARNING_RATE = 3e-3
@@ -106,8 +108,9 @@ def with_loss_scale(log2_scale):
     """A poison: the state with loss scale ``2^log2_scale`` (images untouched)."""
 
     def poison(state, images):
-        stats = {**state.batch_stats, "log2_loss_scale": jnp.asarray(log2_scale, jnp.float32)}
-        return state._replace(batch_stats=stats), images
+        stats = {**state.model_state["batch_stats"],
+                 "log2_loss_scale": jnp.asarray(log2_scale, jnp.float32)}
+        return state._replace(model_state={**state.model_state, "batch_stats": stats}), images
 
     return poison
 
@@ -186,12 +189,12 @@ def test_train_step_skips_poisoned_steps_and_keeps_learning():
         assert int(state.step) == int(before.step) + 1
         assert_bit_identical(state.params, before.params)
         assert_bit_identical(state.opt_state, before.opt_state)  # Adam's mu, nu and count
-        assert_bit_identical(state.batch_stats, before.batch_stats)
+        assert_bit_identical(state.model_state, before.model_state)
         survived += 1
         state = reset_loss_scale(state)
         losses.append(np.nan)
     assert survived == len(TRAIN_STEP_POISONS) == 5
-    assert all_finite(state.params) and all_finite(state.batch_stats)
+    assert all_finite(state.params) and all_finite(state.model_state)
     means = segment_means(np.array(losses), TRAIN_STEP_POISONS)
     assert decreasing(means), means
     assert means[-1] < 0.5 * means[0]
@@ -205,7 +208,7 @@ def test_fit_skips_every_batch_holding_a_nan_or_inf_image():
     test_images, test_labels = mnist_shaped(seed=2, num_examples=BATCH)
     epochs, seed = 4, 0
     state, history = fit(
-        MODEL, ADAM, images, labels, test_images, test_labels, epochs=epochs,
+        MODEL, ADAM, images, labels, validation_data=(test_images, test_labels), epochs=epochs,
         batch_size=BATCH, seed=seed, runner="loop", progress=False, skip_nonfinite=True,
     )
     # fit orders epoch e by epoch_indices(k_data, e, ...) with (k_init, k_data) = split(key(seed)).
@@ -215,16 +218,17 @@ def test_fit_skips_every_batch_holding_a_nan_or_inf_image():
             epoch_indices(data_key, epoch, len(images), BATCH)))
         for epoch in range(1, epochs + 1)
     ]
-    records = history["epochs"]
-    assert [record["skipped_steps"] for record in records] == expected
+    records = history.epochs
+    assert [record.skipped_steps for record in records] == expected
     assert all(count >= 1 for count in expected)
-    survived = sum(record["skipped_steps"] for record in records)
+    survived = sum(record.skipped_steps for record in records)
     assert survived == sum(expected) >= epochs
     assert int(state.step) == epochs * len(images) // BATCH
     assert all_finite(state.params) and all_finite(state.opt_state)
-    assert all_finite(state.batch_stats)
-    train_losses = [record["train_loss"] for record in records]
-    assert all(np.isfinite(train_losses)) and all(np.isfinite(r["test_loss"]) for r in records)
+    assert all_finite(state.model_state)
+    train_losses = history["loss"]
+    assert all(np.isfinite(train_losses)) and all(np.isfinite(history["val_loss"]))
+    assert all(np.isfinite(history["grad_norm"]))  # the means over the applied steps only
     assert decreasing(train_losses), train_losses
 
 
@@ -249,7 +253,7 @@ def test_optimizer_wrapper_skips_overflowing_gradients_without_the_train_step_ch
         assert int(state.opt_state.skipped) == int(before.opt_state.skipped) + 1
         assert not bool(state.opt_state.last_finite)
         # The forward pass was finite: batch statistics moved on as in any step.
-        assert all_finite(state.batch_stats)
+        assert all_finite(state.model_state)
         survived += 1
         state = reset_loss_scale(state)
         losses.append(np.nan)
@@ -271,4 +275,25 @@ def test_optimizer_wrapper_cannot_guard_batch_statistics_from_a_bad_input(value)
     assert_bit_identical(state.params, before.params)
     assert_bit_identical(state.opt_state.inner_state, before.opt_state.inner_state)
     assert int(state.opt_state.skipped) == 1
-    assert all_finite(before.batch_stats) and not all_finite(state.batch_stats)
+    assert all_finite(before.model_state) and not all_finite(state.model_state)
+
+
+def test_an_infinity_the_optimizer_state_holds_on_purpose_is_not_a_bad_step():
+    """A plateau's best metric is +inf until one is observed: steps that keep it are applied,
+    while a step that writes a new infinity is still skipped."""
+    optimizer = optax.chain(ADAM, scale_by_plateau(reduce_on_plateau()))
+    train_step = make_train_step(MODEL, optimizer, skip_nonfinite=True)
+    state = initial_state(optimizer)
+    assert float(plateau_states(state.opt_state)[0].best_metric) == np.inf
+    for step in range(3):
+        before = snapshot(state.params)
+        state, metrics = train_step(state, batch(step))
+        assert int(metrics["skipped"]) == 0
+        assert not np.array_equal(before["Dense_0"]["kernel"],
+                                  np.asarray(state.params["Dense_0"]["kernel"]))
+    state, images = with_pixel(np.inf)(state, batch(3)[0])
+    before = snapshot(state)
+    state, metrics = train_step(state, (images, batch(3)[1]))
+    assert int(metrics["skipped"]) == 1
+    assert_bit_identical(state.params, before.params)
+    assert_bit_identical(state.opt_state, before.opt_state)

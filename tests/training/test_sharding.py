@@ -121,8 +121,8 @@ def test_sharding_arguments_are_checked():
         make_train_step(TinyNet(), optimizer, mesh=make_mesh(1), shard_optimizer_state=1)
     images, labels = toy_problem(0, 8)
     with pytest.raises(ValueError, match="needs a mesh"):
-        fit(TinyNet(), optimizer, images, labels, images, labels, epochs=1, batch_size=4,
-            progress=False, shard_optimizer_state=True)
+        fit(TinyNet(), optimizer, images, labels, validation_data=(images, labels), epochs=1,
+            batch_size=4, progress=False, shard_optimizer_state=True)
     with pytest.raises(ValueError, match="N >= 1"):
         shard_dataset(np.zeros((0, 3), np.float32), make_mesh(1))
 
@@ -139,13 +139,14 @@ def test_a_one_device_mesh_trains_like_no_mesh_and_donates_the_state(getkey, all
     )
     expected = jax.tree.map(lambda leaf: leaf.sharding, placed)
     plain, _ = make_train_step(TinyNet(), optimizer)(plain, (images, labels))
-    sharded_step = make_train_step(TinyNet(), optimizer, mesh=mesh, shard_optimizer_state=True)
+    sharded_step = make_train_step(TinyNet(), optimizer, mesh=mesh, shard_optimizer_state=True,
+                                   donate=True)
     new, _ = sharded_step(placed, shard_batch((images, labels), mesh))
     assert all(leaf.is_deleted() for leaf in jax.tree.leaves(placed))
     assert all(jax.tree.leaves(jax.tree.map(
         lambda s, leaf: s.is_equivalent_to(leaf.sharding, leaf.ndim), expected, new
     )))
-    allclose((new.params, new.batch_stats), (plain.params, plain.batch_stats), **TOLERANCE)
+    allclose((new.params, new.model_state), (plain.params, plain.model_state), **TOLERANCE)
 
 
 def test_per_device_bytes_counts_whole_unsharded_leaves():
@@ -160,7 +161,8 @@ def test_train_state_sharding_replicates_all_but_zero1_optimizer_state():
     mesh = make_mesh(1)
     for zero in (False, True):
         shardings = train_state_sharding(state, mesh, shard_optimizer_state=zero)
-        others = (shardings.step, shardings.params, shardings.batch_stats, shardings.rng)
+        others = (shardings.step, shardings.params, shardings.model_state, shardings.rng)
+        assert set(shardings.model_state) == {"batch_stats"}
         assert all(s.spec == PartitionSpec() for s in jax.tree.leaves(others))
         kernel = shardings.opt_state[0].mu["Dense_0"]["kernel"].spec
         assert kernel == (PartitionSpec("data") if zero else PartitionSpec())
@@ -309,7 +311,7 @@ def test_fit_on_eight_devices_with_zero1_matches_one_device(training, allclose):
     sharded, single = training["fit"]["8_zero1"], training["fit"]["none"]
     allclose(_arrays(sharded["params"]), _arrays(single["params"]), **TOLERANCE)
     allclose(_arrays(sharded["batch_stats"]), _arrays(single["batch_stats"]), **TOLERANCE)
-    np.testing.assert_allclose(sharded["test_loss"], single["test_loss"], **TOLERANCE)
+    np.testing.assert_allclose(sharded["val_loss"], single["val_loss"], **TOLERANCE)
     np.testing.assert_allclose(sharded["train_loss"], single["train_loss"], **TOLERANCE)
     assert sharded["data_parallel_devices"] == DEVICES
     assert single["data_parallel_devices"] == 1

@@ -8,7 +8,7 @@ import optax
 import pytest
 from training_toys import TinyNet
 
-from jaxtricks.training.state import TrainState, create_train_state
+from jaxtricks.training.state import TrainState, as_optimizer, create_train_state
 from jaxtricks.training.steps import make_train_step
 
 OPTIMIZER = optax.sgd(0.1, momentum=0.9)
@@ -19,14 +19,15 @@ def test_fresh_state_fields(getkey, allclose):
     state = create_train_state(TinyNet(), OPTIMIZER, getkey(), SAMPLE)
     assert state.step.shape == () and state.step.dtype == jnp.int32 and int(state.step) == 0
     assert set(state.params) == {"Dense_0", "BatchNorm_0", "Dense_1"}
-    assert set(state.batch_stats["BatchNorm_0"]) == {"mean", "var"}
+    assert set(state.model_state) == {"batch_stats"}
+    assert set(state.model_state["batch_stats"]["BatchNorm_0"]) == {"mean", "var"}
     allclose(state.opt_state, OPTIMIZER.init(state.params))
     assert jnp.issubdtype(state.rng.dtype, jax.dtypes.prng_key)
 
 
-def test_no_batch_norm_gives_empty_batch_stats(getkey):
+def test_no_batch_norm_gives_empty_model_state(getkey):
     state = create_train_state(TinyNet(batch_norm=False), OPTIMIZER, getkey(), SAMPLE)
-    assert state.batch_stats == {}
+    assert state.model_state == {}
     assert "BatchNorm_0" not in state.params
 
 
@@ -84,13 +85,38 @@ def test_checkpoint_round_trip(getkey, tmp_path):
 class _Counting(nn.Module):
     @nn.compact
     def __call__(self, x, train):
-        self.variable("counters", "calls", lambda: jnp.zeros((), jnp.int32))
+        calls = self.variable("counters", "calls", lambda: jnp.zeros((), jnp.int32))
+        if train and not self.is_initializing():
+            calls.value += 1
         return nn.Dense(2)(x.reshape((x.shape[0], -1)))
 
 
-def test_other_collections_are_refused(getkey):
-    with pytest.raises(ValueError, match=r"model.*counters"):
-        create_train_state(_Counting(), OPTIMIZER, getkey(), SAMPLE)
+def test_other_collections_are_model_state_and_train(getkey):
+    state = create_train_state(_Counting(), OPTIMIZER, getkey(), SAMPLE)
+    assert set(state.model_state) == {"counters"}
+    train_step = make_train_step(_Counting(), OPTIMIZER)
+    for _ in range(3):
+        state, _ = train_step(state, (SAMPLE, jnp.zeros((4,), jnp.int32)))
+    assert int(state.model_state["counters"]["calls"]) == 3
+
+
+def test_nnx_model_state_is_a_copy(getkey):
+    from flax import nnx
+
+    model = nnx.Sequential(nnx.Linear(64, 8, rngs=nnx.Rngs(0)), nnx.BatchNorm(8, rngs=nnx.Rngs(0)))
+    state = create_train_state(model, OPTIMIZER, getkey(), SAMPLE.reshape(4, -1))
+    assert set(state.params["layers"]) == {0, 1}
+    assert "mean" in state.model_state["layers"][1]
+    # Donating the state must leave the module's own arrays alive.
+    jax.jit(lambda s: s, donate_argnums=0)(state)
+    assert float(jnp.sum(model.layers[1].mean[...])) == 0.0
+
+
+def test_as_optimizer_takes_multi_steps_and_refuses_others():
+    multi = optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2)
+    assert isinstance(as_optimizer(multi), optax.GradientTransformation)
+    with pytest.raises(ValueError, match=r"optimizer must be an optax\.GradientTransformation"):
+        as_optimizer(optax.sgd)
 
 
 def test_bad_model_and_optimizer_are_refused(getkey):

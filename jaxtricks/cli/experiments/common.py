@@ -20,32 +20,33 @@ non-finite; JSON stores non-finite numbers as ``null``.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
 
-from jaxtricks.data import load
-from jaxtricks.tricks import preprocessing
+# The experiments draw their figures with these, as common.pyplot and common.save_figure.
+from jaxtricks.cli.plots import pyplot, save_figure  # noqa: F401
+from jaxtricks.data.splits import Splits, load_splits
+from jaxtricks.files import write_json
+from jaxtricks.training.history import History
 
 RESULTS_FILE = "results.json"
 FIGURE_FILE = "figure.png"
-DATASETS = ("mnist", "fashion_mnist")
-SCALINGS = ("raw", "unit", "standardize")
 CURVE_KEYS = (
     "train_loss",
     "train_accuracy",
     "test_loss",
     "test_accuracy",
+    "val_loss",
+    "val_accuracy",
     "train_grad_norm",
     "learning_rate",
     "skipped_steps",
@@ -56,15 +57,9 @@ CURVE_KEYS = (
 Log = Callable[[str], None]
 
 
-class Data(NamedTuple):
-    """Float32 images ``(N, 28, 28, 1)`` and int32 labels; validation may be empty."""
-
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-    val_x: np.ndarray
-    val_y: np.ndarray
+# The experiments' data: real MNIST or Fashion-MNIST splits (see jaxtricks.data.splits).
+Data = Splits
+load_data = load_splits
 
 
 def log_to_stderr(message: str) -> None:
@@ -72,85 +67,40 @@ def log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def load_data(
-        dataset: str = "mnist",
-        *,
-        train_examples: int | None = None,
-        test_examples: int | None = None,
-        validation_examples: int = 0,
-        scaling: str = "standardize",
-) -> Data:
-    """Real MNIST or Fashion-MNIST subsets, scaled as the lesson's L1 discusses.
-
-    Training images are the first ``train_examples`` of the training split, validation images
-    its last ``validation_examples`` (disjoint from them), test images the first
-    ``test_examples`` of the test split. ``scaling``: ``"raw"`` keeps 0–255, ``"unit"`` divides
-    by 255, ``"standardize"`` maps ``x → (x/255 − μ)/σ`` with the mean and standard deviation
-    of the training subset's pixels.
-
-    Args:
-        dataset: ``"mnist"`` or ``"fashion_mnist"``.
-        train_examples: training images, in [1, 60000 − validation_examples]; None: all left.
-        test_examples: test images, in [1, 10000]; None: all.
-        validation_examples: held-out training images, in [0, 59999].
-        scaling: ``"raw"``, ``"unit"`` or ``"standardize"``.
-
-    Returns:
-        A :class:`Data`.
-    """
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    if scaling not in SCALINGS:
-        raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
-    raw = load(dataset)
-    total, total_test = raw.train_images.shape[0], raw.test_images.shape[0]
-    validation_examples = _check_count("validation_examples", validation_examples, 0, total - 1)
-    available = total - validation_examples
-    train_examples = available if train_examples is None else train_examples
-    train_examples = _check_count("train_examples", train_examples, 1, available)
-    test_examples = total_test if test_examples is None else test_examples
-    test_examples = _check_count("test_examples", test_examples, 1, total_test)
-
-    images = raw.train_images[..., None]
-    splits = [
-        images[:train_examples],
-        raw.test_images[:test_examples, ..., None],
-        images[total - validation_examples:],
-    ]
-    if scaling == "raw":
-        splits = [s.astype(np.float32) for s in splits]
-    else:
-        splits = [preprocessing.scale_to_unit(s) for s in splits]
-    if scaling == "standardize":
-        stats = preprocessing.fit_standardization(splits[0])
-        splits = [preprocessing.standardize(s, stats) for s in splits]
-    labels = raw.train_labels.astype(np.int32)
-    return Data(
-        np.asarray(splits[0], np.float32),
-        labels[:train_examples],
-        np.asarray(splits[1], np.float32),
-        raw.test_labels[:test_examples].astype(np.int32),
-        np.asarray(splits[2], np.float32),
-        labels[total - validation_examples:],
-    )
-
-
-def _check_count(name: str, value: Any, low: int, high: int) -> int:
-    integer = isinstance(value, int | np.integer) and not isinstance(value, bool)
-    if not integer or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    return int(value)
-
-
 def seed_list(count: int) -> list[int]:
     """The seeds ``0, 1, ..., count − 1``; ``count`` must be an integer >= 1."""
-    return list(range(_check_count("seeds", count, 1, 10**6)))
+    integer = isinstance(count, int | np.integer) and not isinstance(count, bool)
+    if not integer or not 1 <= count <= 10**6:
+        raise ValueError(f"seeds must be an integer in [1, 1000000], got {count!r}")
+    return list(range(count))
 
 
-def history_curves(history: dict[str, Any], keys: Sequence[str] = CURVE_KEYS) -> dict[str, list]:
-    """Per-epoch lists of the ``keys`` found in a :func:`~jaxtricks.training.fit` history."""
-    records = history["epochs"]
-    return {key: [r[key] for r in records] for key in keys if records and key in records[0]}
+# The curve names of results.json, each from the history's metric of that name.
+HISTORY_NAMES = {
+    "train_loss": "loss",
+    "train_accuracy": "accuracy",
+    "train_grad_norm": "grad_norm",
+    "test_loss": "test_loss",
+    "test_accuracy": "test_accuracy",
+    "val_loss": "val_loss",
+    "val_accuracy": "val_accuracy",
+}
+
+
+def history_curves(history: History, keys: Sequence[str] = CURVE_KEYS) -> dict[str, list]:
+    """Per-epoch lists of the ``keys`` found in a :func:`~jaxtricks.training.fit` history:
+    metrics under their results.json names (:data:`HISTORY_NAMES`), and the records'
+    ``learning_rate``, ``skipped_steps``, ``epoch_time_s`` and ``eval_time_s``."""
+    names = set(history.metric_names())
+    curves = {}
+    for key in keys:
+        metric = HISTORY_NAMES.get(key)
+        if metric is not None:
+            if metric in names:
+                curves[key] = history[metric]
+        elif history.epochs and hasattr(history.epochs[0], key):
+            curves[key] = [getattr(record, key) for record in history.epochs]
+    return curves
 
 
 def cumulative(values: Iterable[float]) -> list[float]:
@@ -260,68 +210,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def strict_json(value: Any) -> Any:
-    """``value`` made strict-JSON-ready: numpy scalars and arrays become Python numbers and
-    lists, tuples become lists and non-finite floats become ``None``."""
-    if isinstance(value, np.ndarray | jax.Array):
-        return strict_json(np.asarray(value).tolist())
-    if isinstance(value, np.generic):
-        return strict_json(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(key): strict_json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(item) for item in value]
-    return value
-
-
-def write_json(value: Any, path: str | os.PathLike) -> str:
-    """Writes ``value`` as strict JSON to ``path`` atomically (temporary file, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".results-", suffix=".json.tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(strict_json(value), file, indent=1, allow_nan=False)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return str(path)
-
-
-def pyplot():
-    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig: Any, path: str | os.PathLike) -> str:
-    """Saves a matplotlib figure as PNG at ``path`` atomically and closes it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".figure-", suffix=".png")
-    os.close(handle)
-    try:
-        fig.savefig(temporary, dpi=100)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    finally:
-        pyplot().close(fig)
-    return str(path)
-
-
 def plot_curves(
         ax: Any,
         summary: dict[str, Any],
@@ -396,7 +284,7 @@ def run_experiment(
         "machine": machine(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_json(results, os.path.join(out_dir, RESULTS_FILE))
+    write_json(os.path.join(out_dir, RESULTS_FILE), results)
     module.plot(results, os.path.join(out_dir, FIGURE_FILE))
     log(f"{module.NAME}: {wall:.1f} s wall, {cpu:.1f} s CPU -> {out_dir}")
     for line in results.get("headline", []):
@@ -414,71 +302,73 @@ def fit_run(
         epochs: int,
         batch_size: int,
         log: Log,
-        learning_rate: Any = None,
         target_accuracy: float | None = None,
         return_state: bool = False,
+        callbacks: Sequence[Any] = (),
+        test_each_epoch: bool = True,
         **fit_kwargs: Any,
 ) -> Any:
     """One condition at one seed through :func:`~jaxtricks.training.fit` on ``data``.
+
+    The validation split (when ``data`` has one) is ``fit``'s validation data, what its
+    choices watch; with ``test_each_epoch`` the test split is evaluated after every epoch and
+    only reported (else the caller scores the final model on it).
 
     Returns:
         ``{"condition", "seed", "curves", "final", "history_header"}``: the per-epoch
         curves of :data:`CURVE_KEYS` plus ``train_time_s`` (cumulative training time at each
         epoch's end, evaluation and compilation excluded); the final numbers are the last
-        epoch's test and train accuracy and loss, the best test accuracy, skipped steps,
-        compile and total training time, and with ``target_accuracy`` the epochs it took the
-        test accuracy to reach it (:func:`epochs_to_target`). With ``return_state``,
-        ``(run, state)``.
+        epoch's test and train accuracy and loss, skipped steps, compile and total training
+        time, and with ``target_accuracy`` the epochs it took the test accuracy to reach it
+        (:func:`epochs_to_target`). With ``return_state``, ``(run, state)``.
     """
-    from jaxtricks.training import fit
+    from jaxtricks.training import EvaluationHook, fit
 
     state, history = fit(
         model,
         optimizer,
         data.train_x,
         data.train_y,
-        data.test_x,
-        data.test_y,
+        validation_data=(data.val_x, data.val_y) if data.val_x.shape[0] else None,
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
-        runner="loop",
         progress=False,
-        learning_rate=learning_rate,
+        callbacks=[*([EvaluationHook("test", data.test_x, data.test_y)] * test_each_epoch),
+                   *callbacks],
         **fit_kwargs,
     )
     curves = history_curves(history)
     curves["train_time_s"] = cumulative(curves["epoch_time_s"])
-    last = history["epochs"][-1]
-    finite_accuracy = [a for a in curves["test_accuracy"] if math.isfinite(a)]
+    last = history.epochs[-1]
     final = {
-        "test_accuracy": last["test_accuracy"],
-        "test_loss": last["test_loss"],
-        "train_accuracy": last["train_accuracy"],
-        "train_loss": last["train_loss"],
-        "best_test_accuracy": max(finite_accuracy) if finite_accuracy else math.nan,
+        "test_accuracy": last.metrics.get("test_accuracy", math.nan),
+        "test_loss": last.metrics.get("test_loss", math.nan),
+        "train_accuracy": last["accuracy"],
+        "train_loss": last["loss"],
         "skipped_steps": int(sum(curves["skipped_steps"])),
-        "compile_time_s": history["header"]["compile_time_s"],
+        "compile_time_s": history.header["compile_time_s"],
         "train_time_s": curves["train_time_s"][-1],
     }
     if target_accuracy is not None:
         final["epochs_to_target"] = epochs_to_target(curves["test_accuracy"], target_accuracy)
-    log(
-        f"  {condition} seed {seed}: test accuracy {last['test_accuracy']:.4f}, "
-        f"test loss {last['test_loss']:.4g}, {final['train_time_s']:.1f} s training"
-    )
+    if test_each_epoch:
+        log(
+            f"  {condition} seed {seed}: test accuracy {final['test_accuracy']:.4f}, "
+            f"test loss {final['test_loss']:.4g}, {final['train_time_s']:.1f} s training"
+        )
     result = {
         "condition": condition,
         "seed": seed,
         "curves": curves,
         "final": final,
         "history_header": {
-            k: history["header"][k] for k in ("train_examples", "test_examples",
-                                              "steps_per_epoch", "batch_size", "epochs")
+            k: history.header[k] for k in ("train_examples", "validation_examples",
+                                           "steps_per_epoch", "batch_size", "epochs")
         },
     }
-    if "early_stopping" in history:
-        result["early_stopping"] = history["early_stopping"]
+    if "early_stopping" in history.header:
+        result["early_stopping"] = history.header["early_stopping"]
     return (result, state) if return_state else result
 
 

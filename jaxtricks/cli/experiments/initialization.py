@@ -132,7 +132,7 @@ def run(config: dict[str, Any], seeds: list[int], log: common.Log) -> dict[str, 
                     seed=seed,
                     epochs=config["epochs"],
                     batch_size=config["batch_size"],
-                    state=state,
+                    initial_state=state,
                     log=log,
                 )
                 result["curves"].update(signals)

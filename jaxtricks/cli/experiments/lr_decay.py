@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import optax
+
 from jaxtricks.cli.experiments import common
 from jaxtricks.models import MLP
 from jaxtricks.tricks import optimizers, schedules
@@ -83,7 +85,12 @@ def run(config: dict[str, Any], seeds: list[int], log: common.Log) -> dict[str, 
     runs = []
     for name in config["schedules"]:
         schedule = build_schedule(name, config, steps_per_epoch)
-        optimizer = optimizers.get(config["optimizer"], schedule, momentum=config["momentum"])
+        # Injected, so that the history records the rate of every epoch.
+        optimizer = optax.inject_hyperparams(
+            lambda learning_rate: optimizers.get(
+                config["optimizer"], learning_rate, momentum=config["momentum"]
+            )
+        )(learning_rate=schedule)
         for seed in seeds:
             runs.append(
                 common.fit_run(
@@ -94,14 +101,13 @@ def run(config: dict[str, Any], seeds: list[int], log: common.Log) -> dict[str, 
                     seed=seed,
                     epochs=config["epochs"],
                     batch_size=config["batch_size"],
-                    learning_rate=schedule,
                     log=log,
                 )
             )
     summary = common.summarize(runs)
     headline = [
         f"{condition}: final test accuracy {common.pm(s['final']['test_accuracy'], 100)} %, "
-        f"best {common.pm(s['final']['best_test_accuracy'], 100)} %, final train loss "
+        f"final train loss "
         f"{common.pm(s['final']['train_loss'], 1, 4)}"
         for condition, s in summary.items()
     ]

@@ -20,8 +20,8 @@ Variants (same MLP, Adam η = 1e-3, batch 64):
                     a ``vmap`` over members), predicting the mean of their probabilities
 
 The validation set is held out from the end of the training split (disjoint from the training
-subset); every per-epoch curve is measured on it, and only the final models see the test split,
-so early stopping never looks at test data.
+subset) and is ``fit``'s validation data: every per-epoch curve is measured on it, and only the
+final models see the test split, so early stopping never looks at test data.
 
 Full config: MNIST, 1000 train / 5000 validation / 10000 test images, MLP (512, 256), 50
 epochs, patience 5, λ = 1e-3, dropout 0.5, K = 5, 3 seeds: 5 × 3 = 15 runs.
@@ -37,9 +37,8 @@ import optax
 
 from jaxtricks.cli.experiments import common
 from jaxtricks.models import MLP
-from jaxtricks.training import evaluate_ensemble, fit_ensemble
+from jaxtricks.training import EarlyStoppingHook, evaluate_ensemble, fit_ensemble
 from jaxtricks.tricks import optimizers
-from jaxtricks.tricks.early_stopping import early_stopping
 from jaxtricks.tricks.weight_decay import add_l2_penalty
 
 NAME = "overfitting"
@@ -80,15 +79,6 @@ QUICK: dict[str, Any] = {
 }
 
 
-def _validation_data(data: common.Data) -> common.Data:
-    """``data`` with the validation split in the test slots, for ``fit`` to score per epoch."""
-    return data._replace(test_x=data.val_x, test_y=data.val_y)
-
-
-def _rename(curves: dict[str, list]) -> dict[str, list]:
-    return {key.replace("test_", "val_"): value for key, value in curves.items()}
-
-
 def _single(variant: str, config: dict[str, Any], data: common.Data, seed: int,
             log: common.Log) -> dict[str, Any]:
     """One ``fit`` run of a single-model variant, scored on train and test at the end."""
@@ -98,23 +88,22 @@ def _single(variant: str, config: dict[str, Any], data: common.Data, seed: int,
     optimizer = optimizers.get(config["optimizer"], config["learning_rate"])
     if variant == "weight_decay":
         optimizer = optax.chain(add_l2_penalty(config["l2"]), optimizer)
-    extra = {}
+    hooks = []
     if variant == "early_stopping":
-        extra["early_stopping"] = early_stopping(patience=config["patience"])
-        extra["monitor"] = "test_loss"  # the validation split, passed as fit's test split
+        hooks.append(EarlyStoppingHook("val_loss", patience=config["patience"]))
     result, state = common.fit_run(
         model,
         optimizer,
-        _validation_data(data),
+        data,
         condition=variant,
         seed=seed,
         epochs=config["epochs"],
         batch_size=config["batch_size"],
         return_state=True,
         log=log,
-        **extra,
+        callbacks=hooks,
+        test_each_epoch=False,
     )
-    result["curves"] = _rename(result["curves"])
     train = common.evaluate_state(model, state, data.train_x, data.train_y)
     test = common.evaluate_state(model, state, data.test_x, data.test_y)
     stopped = result.get("early_stopping", {})
@@ -142,36 +131,33 @@ def _ensemble(config: dict[str, Any], data: common.Data, seed: int,
         optimizer,
         data.train_x,
         data.train_y,
-        data.val_x,
-        data.val_y,
+        validation_data=(data.val_x, data.val_y),
         num_members=members,
         epochs=config["epochs"],
         batch_size=config["batch_size"],
         # Member k starts from seed·K + k, so ensembles of different seeds share no member.
         seed=seed * members,
+        progress=False,
     )
-    records = history["epochs"]
     curves = {
-        "train_loss": [sum(r["member_train_loss"]) / members for r in records],
-        "train_accuracy": [sum(r["member_train_accuracy"]) / members for r in records],
-        "val_loss": [r["ensemble_test_loss"] for r in records],
-        "val_accuracy": [r["ensemble_test_accuracy"] for r in records],
-        "member_val_accuracy": [
-            sum(r["member_test_accuracy"]) / members for r in records
-        ],
-        "epoch_time_s": [r["epoch_time_s"] for r in records],
+        "train_loss": history["loss"],
+        "train_accuracy": history["accuracy"],
+        "val_loss": history["val_loss"],
+        "val_accuracy": history["val_accuracy"],
+        "member_val_accuracy": history["val_member_accuracy"],
+        "epoch_time_s": [r.epoch_time_s for r in history.epochs],
     }
     curves["train_time_s"] = common.cumulative(curves["epoch_time_s"])
     train = evaluate_ensemble(model, states, data.train_x, data.train_y, batch_size=500)
     test = evaluate_ensemble(model, states, data.test_x, data.test_y, batch_size=500)
     final = {
-        "train_accuracy": train["ensemble_accuracy"],
-        "train_loss": train["ensemble_loss"],
-        "test_accuracy": test["ensemble_accuracy"],
-        "test_loss": test["ensemble_loss"],
-        "gap": train["ensemble_accuracy"] - test["ensemble_accuracy"],
+        "train_accuracy": train["accuracy"],
+        "train_loss": train["loss"],
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "gap": train["accuracy"] - test["accuracy"],
         "member_test_accuracy": sum(test["member_accuracy"]) / members,
-        "epochs_trained": len(records),
+        "epochs_trained": len(history.epochs),
         "best_epoch": None,
         "train_time_s": curves["train_time_s"][-1],
     }
@@ -182,7 +168,7 @@ def _ensemble(config: dict[str, Any], data: common.Data, seed: int,
         "seed": seed,
         "curves": curves,
         "final": final,
-        "member_seeds": history["header"]["member_seeds"],
+        "member_seeds": history.header["member_seeds"],
     }
 
 

@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="dropout rate in [0, 1)")
     model.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu",
                        help="activation function")
-    model.add_argument("--initializer", default="he_normal",
+    model.add_argument("--initializer", default="he_normal_untruncated",
                        help=f"kernel initializer, one of: {', '.join(initializers.NAMES)}")
     optim = parser.add_argument_group("optimization (L5, L6)")
     optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from jaxtricks.models.batch_norm import BatchNorm
 from jaxtricks.tricks._checks import check_callable, check_int, check_range
-from jaxtricks.tricks.initializers import he_normal
+from jaxtricks.tricks.initializers import he_normal_untruncated
 
 Initializer = Callable[..., jax.Array]
 
@@ -69,9 +69,10 @@ class NormActModule(nn.Module):
         activation: the non-linearity ``φ``, any callable ``array -> array``.
         kernel_init: initializer of every Dense and Conv kernel, with the
             ``jax.nn.initializers`` signature ``(key, shape, dtype) -> array``. The default,
-            :func:`jaxtricks.tricks.initializers.he_normal` (``N(0, 2 / fan_in)``, He et al.,
-            2015), suits the default ReLU; with tanh pass ``lecun_normal()`` or
-            ``glorot_normal()`` from the same module.
+            :func:`jaxtricks.tricks.initializers.he_normal_untruncated` (``N(0, 2 / fan_in)``,
+            He et al., 2015, untruncated as in the lesson and PyTorch), suits the default ReLU;
+            with tanh pass ``gaussian()`` or ``glorot_normal_untruncated()`` from the same
+            module (or JAX's truncated ``lecun_normal()``, ``glorot_normal()``).
         dtype: the compute dtype; parameters stay float32 and batch norm computes in float32
             before casting back.
     """
@@ -80,7 +81,7 @@ class NormActModule(nn.Module):
     use_batch_norm: bool = False
     batch_norm_momentum: float = 0.9
     activation: Callable[[jax.Array], jax.Array] = nn.relu
-    kernel_init: Initializer = he_normal()
+    kernel_init: Initializer = he_normal_untruncated()
     dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:

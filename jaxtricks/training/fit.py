@@ -59,7 +59,7 @@ from jaxtricks.training.steps import (
 from jaxtricks.tricks._checks import check_choice, check_int, check_nonnegative, resolve
 from jaxtricks.tricks.averaging import ParamAveraging
 from jaxtricks.tricks.early_stopping import EarlyStopping
-from jaxtricks.tricks.plateau import ReduceOnPlateau
+from jaxtricks.tricks.plateau import EpochPlateau
 
 METRICS_FILE = "metrics.json"
 
@@ -95,7 +95,7 @@ def fit(
         resume: bool = False,
         early_stopping: EarlyStopping | None = None,
         averaging: ParamAveraging | None = None,
-        reduce_on_plateau: ReduceOnPlateau | None = None,
+        reduce_on_plateau: EpochPlateau | None = None,
         monitor: str = "test_loss",
 ) -> tuple[TrainState, History]:
     """Trains ``model`` with ``optimizer`` for ``epochs`` epochs and evaluates after each.
@@ -181,7 +181,7 @@ def fit(
             again on the training images first
             (:func:`~jaxtricks.training.averaging.recompute_batch_stats`, a forward pass over
             the training set per epoch). The returned state holds the raw parameters.
-        reduce_on_plateau: a :func:`~jaxtricks.tricks.plateau.reduce_on_plateau` state machine,
+        reduce_on_plateau: an :func:`~jaxtricks.tricks.plateau.epoch_plateau` state machine,
             fed ``monitor`` after each epoch; the optimizer must contain
             ``scale_by_plateau(reduce_on_plateau)``, whose scale (kept in the optimizer state,
             so checkpointed) multiplies the next epochs' updates.

@@ -36,7 +36,7 @@ from jaxtricks.training.state import TrainState
 from jaxtricks.tricks._checks import check_choice
 from jaxtricks.tricks.averaging import ParamAveraging
 from jaxtricks.tricks.early_stopping import EarlyStopping
-from jaxtricks.tricks.plateau import ReduceOnPlateau, plateau_states, update_plateau
+from jaxtricks.tricks.plateau import EpochPlateau, plateau_states, update_plateau
 
 MONITORS = ("test_loss", "test_accuracy", "train_loss", "train_accuracy")
 AVERAGED_MONITORS = ("test_loss_averaged", "test_accuracy_averaged")
@@ -53,7 +53,7 @@ def _run_epoch_tricks(
     for name, value, kind in (
         ("early_stopping", early_stopping, EarlyStopping),
         ("averaging", averaging, ParamAveraging),
-        ("reduce_on_plateau", reduce_on_plateau, ReduceOnPlateau),
+        ("reduce_on_plateau", reduce_on_plateau, EpochPlateau),
     ):
         if value is not None and not isinstance(value, kind):
             raise ValueError(f"{name} must be a {kind.__name__} or None, got {value!r}")

@@ -15,7 +15,7 @@ from jaxtricks.training.state import create_train_state
 from jaxtricks.training.steps import evaluate, make_eval_step
 from jaxtricks.tricks.averaging import ema_params, polyak_params, swa_params
 from jaxtricks.tricks.early_stopping import early_stopping
-from jaxtricks.tricks.plateau import plateau_states, reduce_on_plateau, scale_by_plateau
+from jaxtricks.tricks.plateau import epoch_plateau, plateau_states, scale_by_plateau
 
 MODEL = TinyNet()  # batch norm and dropout
 TRAIN_IMAGES, TRAIN_LABELS = toy_problem(seed=4, num_examples=96)  # 3 steps of 32
@@ -145,7 +145,7 @@ def test_early_stopping_on_the_averaged_metric_restores_averaged_params():
 
 
 def test_reduce_on_plateau_scales_the_following_epochs():
-    plateau = reduce_on_plateau(factor=0.5, patience=1, min_delta=NEVER)
+    plateau = epoch_plateau(factor=0.5, patience=1, min_delta=NEVER)
     optimizer = optax.chain(OPTIMIZER, scale_by_plateau(plateau))
     state, history = run(epochs=4, optimizer=optimizer, reduce_on_plateau=plateau)
     # Epoch 1 improves; every later one reduces: the scale used is 1, 1, 0.5, 0.25.
@@ -162,7 +162,7 @@ def test_reduce_on_plateau_scales_the_following_epochs():
 def test_all_tricks_together_on_a_mesh():
     """The tricks compose, and the plateau state written between epochs (outside the compiled
     runner) is accepted by the runner compiled for the mesh's layout."""
-    plateau = reduce_on_plateau(factor=0.5, patience=1, min_delta=NEVER)
+    plateau = epoch_plateau(factor=0.5, patience=1, min_delta=NEVER)
     state, history = run(
         epochs=4,
         optimizer=optax.chain(OPTIMIZER, scale_by_plateau(plateau)),
@@ -185,7 +185,7 @@ def test_all_tricks_together_on_a_mesh():
         ({"reduce_on_plateau": 0.1}, "reduce_on_plateau"),
         ({"monitor": "loss"}, "monitor"),
         ({"monitor": "test_loss_averaged"}, "monitor"),
-        ({"reduce_on_plateau": reduce_on_plateau()}, "scale_by_plateau"),
+        ({"reduce_on_plateau": epoch_plateau()}, "scale_by_plateau"),
     ],
 )
 def test_invalid_trick_arguments_are_refused(overrides, message):
@@ -256,7 +256,7 @@ def test_resuming_with_other_epoch_tricks_than_the_checkpoint_is_refused(tmp_pat
 
 
 def test_resuming_with_reduce_on_plateau_alone_equals_the_uninterrupted_run(tmp_path):
-    plateau = reduce_on_plateau(factor=0.5, patience=1, min_delta=NEVER)
+    plateau = epoch_plateau(factor=0.5, patience=1, min_delta=NEVER)
     optimizer = optax.chain(OPTIMIZER, scale_by_plateau(plateau))
     expected_state, expected_history = run(optimizer, epochs=4, reduce_on_plateau=plateau)
     run(optimizer, epochs=4, reduce_on_plateau=plateau, checkpoint_dir=tmp_path,

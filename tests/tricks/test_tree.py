@@ -10,8 +10,9 @@ import pytest
 from jaxtricks.tricks.adaptive import scale_by_adagrad, scale_by_adam, scale_by_rms
 from jaxtricks.tricks.nonfinite import skip_nonfinite
 from jaxtricks.tricks.tree import (
+    abs_sq,
     all_finite,
-    check_float_leaves,
+    check_inexact_leaves,
     check_same_structure,
     global_norm,
     like,
@@ -114,6 +115,18 @@ def test_check_same_structure_names_both_trees_on_structure_mismatch():
         check_same_structure("grads", {"a": jnp.ones(3), "b": None}, "params", params)
 
 
+def test_check_same_structure_can_take_none_for_a_whole_subtree():
+    params = {"a": jnp.ones(3), "b": {"c": jnp.ones(2)}}
+    for grads in (None, {"a": jnp.ones(3), "b": None}):
+        check_same_structure("grads", grads, "params", params, none_is_prefix=True)
+    with pytest.raises(ValueError, match=r"differ in shape at \['a'\]: \(2,\) vs \(3,\)"):
+        check_same_structure(
+            "grads", {"a": jnp.ones(2), "b": None}, "params", params, none_is_prefix=True
+        )
+    with pytest.raises(ValueError, match="different pytree structures"):
+        check_same_structure("grads", {"a": None}, "params", params, none_is_prefix=True)
+
+
 def test_check_same_structure_names_both_trees_path_and_shapes_on_shape_mismatch():
     params = {"a": jnp.ones(3), "b": [jnp.ones((2, 2))]}
     grads = {"a": jnp.ones(3), "b": [jnp.ones((2, 3))]}
@@ -122,14 +135,28 @@ def test_check_same_structure_names_both_trees_path_and_shapes_on_shape_mismatch
     assert str(info.value) == ("grads and params differ in shape at ['b'][0]: (2, 3) vs (2, 2)")
 
 
-def test_check_float_leaves():
-    assert check_float_leaves("params", {"a": jnp.ones(2), "b": jnp.ones(2, jnp.bfloat16)}) is None
+def test_check_inexact_leaves():
+    tree = {"a": jnp.ones(2), "b": jnp.ones(2, jnp.bfloat16), "c": jnp.ones(2, jnp.complex64)}
+    assert check_inexact_leaves("params", tree) is None
     for dtype in (jnp.int32, jnp.bool_):
         with pytest.raises(TypeError) as info:
-            check_float_leaves("params", {"a": jnp.ones(2), "b": [jnp.ones(2, dtype)]})
+            check_inexact_leaves("params", {"a": jnp.ones(2), "b": [jnp.ones(2, dtype)]})
         assert str(info.value) == (
-            f"params must hold floating-point arrays, got dtype {jnp.dtype(dtype)} at ['b'][0]"
+            "params must hold floating-point (real or complex) arrays, got dtype "
+            f"{jnp.dtype(dtype)} at ['b'][0]"
         )
+
+
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.complex128])
+def test_global_norm_and_abs_sq_of_complex_leaves(dtype):
+    with jax.enable_x64(dtype == jnp.complex128):
+        tree = {"z": jnp.array([3 + 4j, 1j], dtype), "x": jnp.array([2.0], jnp.float32)}
+        norm = global_norm(tree)
+        assert norm.dtype == (jnp.float64 if dtype == jnp.complex128 else jnp.float32)
+        np.testing.assert_allclose(float(norm), np.sqrt(25 + 1 + 4), rtol=1e-7)
+        squares = abs_sq(tree["z"])
+        assert squares.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(squares), [25, 1])
 
 
 def test_like_keeps_python_numbers_weak_and_casts_arrays():
@@ -157,6 +184,10 @@ STATEFUL = {
     "scale_by_adagrad": (lambda: scale_by_adagrad(), "the Adagrad accumulator"),
     "scale_by_rms": (lambda: scale_by_rms(), "the RMSProp accumulator"),
     "scale_by_rms_centered": (lambda: scale_by_rms(centered=True), "the RMSProp accumulator"),
+    "scale_by_rms_bias_correction": (
+        lambda: scale_by_rms(bias_correction=True),
+        "the RMSProp accumulator",
+    ),
     "scale_by_adam": (lambda: scale_by_adam(), "the Adam moments"),
     "add_decayed_weights": (lambda: add_decayed_weights(0.1), "params"),
     "skip_nonfinite_adam": (lambda: skip_nonfinite(scale_by_adam()), "the Adam moments"),

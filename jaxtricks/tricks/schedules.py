@@ -315,8 +315,8 @@ def warmup_cosine_decay_schedule(
     alpha = 0.0 if peak_value == 0 else end_value / peak_value
 
     def warmup(count: ArrayLike) -> jax.Array:
-        fraction = jnp.clip(_f32(count) / max(warmup_steps, 1), 0, 1)
-        return _f32(init_value) + (_f32(peak_value) - _f32(init_value)) * fraction
+        remaining = 1 - jnp.clip(_f32(count) / max(warmup_steps, 1), 0, 1)
+        return _f32(peak_value) + (_f32(init_value) - _f32(peak_value)) * remaining
 
     return join_schedules(
         [warmup, cosine_decay_schedule(peak_value, decay_steps - warmup_steps, alpha, exponent)],

@@ -233,7 +233,7 @@ def _build_train_step(model, optimizer, skip_nonfinite, mesh, shard_optimizer_st
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(correct.astype(jnp.float32)),
-            "grad_norm": global_norm(grads).astype(jnp.float32),
+            "grad_norm": global_norm(grads, at_least_float32=True).astype(jnp.float32),
             "skipped": skipped,
         }
         new_state = TrainState(

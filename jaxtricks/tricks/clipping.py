@@ -93,7 +93,7 @@ def clip_by_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
     check_positive("max_norm", max_norm)
 
     def clip_leaf(g, theta):
-        norm = global_norm(g)
+        norm = global_norm(g, at_least_float32=True)
         factor = jnp.minimum(1, like(theta, norm) / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny))
         return _rescaled(g, factor)
 
@@ -128,7 +128,7 @@ def clip_by_global_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
 
     def clip_all(updates, params, max_norm):
         del params
-        norm = global_norm(updates)
+        norm = global_norm(updates, at_least_float32=True)
         keep = norm < like(max_norm, norm)
         factor = like(max_norm, norm) / norm
         return jax.tree.map(lambda g: jnp.where(keep, g, _rescaled(g, factor)), updates)

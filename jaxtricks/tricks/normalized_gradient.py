@@ -55,7 +55,7 @@ def normalize_by_update_norm(
 
     def normalize(updates, params, scale_factor, eps):
         del params
-        norm = global_norm(updates)
+        norm = global_norm(updates, at_least_float32=True)
         denominator = (norm + like(eps, norm)) / like(scale_factor, norm)
         # Divided in the norm's dtype (float32 at least) and rounded once: cast to float16,
         # the default ε is subnormal, XLA flushes it to zero and a zero gradient gives 0 / 0.

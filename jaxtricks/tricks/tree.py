@@ -11,6 +11,7 @@ leaves are empty subtrees and contribute nothing.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -55,17 +56,21 @@ def abs_sq(x: jax.Array) -> jax.Array:
     return x * x
 
 
-def global_norm(tree: Any) -> jax.Array:
-    """The Euclidean norm of all leaves of ``tree`` taken together.
+def global_norm(tree: Any, *, at_least_float32: bool = False) -> jax.Array:
+    """The Euclidean norm of all leaves of ``tree`` taken together (Optax's ``global_norm``).
 
-    Math: ``‖g‖ = sqrt(Σ_leaves Σ_elements |g|²)``, summed in at least float32.
+    Math: ``‖g‖ = sqrt(Σ_leaves Σ_elements |g|²)``, summed in at least float32 and rounded
+    once to the dtype Optax's norm has: the leaves' real dtypes promoted together (bfloat16
+    for bfloat16 leaves, float32 for complex64 ones).
 
     Args:
       tree: a pytree of real or complex arrays (``None`` leaves are skipped, zero-size leaves
         add 0).
+      at_least_float32: an extra of ours: return the sum's own precision, float32 or wider,
+        as clipping and normalizing need it.
 
     Returns:
-      A real scalar array, float32 unless a leaf is float64 or complex128.
+      A real scalar array.
 
     Example:
       >>> import jax.numpy as jnp
@@ -79,7 +84,10 @@ def global_norm(tree: Any) -> jax.Array:
     total = jnp.zeros((), dtype)
     for leaf in leaves:
         total = total + _squared_norm(leaf, dtype)
-    return jnp.sqrt(total)
+    norm = jnp.sqrt(total)
+    if at_least_float32:
+        return norm
+    return norm.astype(functools.reduce(wider_dtype, (jnp.finfo(x.dtype).dtype for x in leaves)))
 
 
 def all_finite(tree: Any) -> jax.Array:

@@ -5,6 +5,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxtricks.tricks.adaptive import scale_by_adagrad, scale_by_adam, scale_by_rms
@@ -40,11 +41,32 @@ def _mixed_tree(dtype):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_global_norm_equals_numpy_on_mixed_shapes(dtype):
     tree = _mixed_tree(dtype)
-    norm = global_norm(tree)
+    norm = global_norm(tree, at_least_float32=True)
     assert norm.shape == ()
     assert norm.dtype == jnp.float32
     # The reference is exact in float64 over the very values held in ``dtype``.
     np.testing.assert_allclose(float(norm), _numpy_norm(tree), rtol=1e-6)
+    # Optax's dtype: the float32 sum, rounded once.
+    rounded = global_norm(tree)
+    assert rounded.dtype == dtype
+    assert float(rounded) == float(norm.astype(dtype))
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"a": jnp.array([3.0, 4.0], jnp.bfloat16)},
+        {"a": jnp.array([3.0], jnp.bfloat16), "b": jnp.array([4.0], jnp.float16)},
+        {"a": jnp.array([3.0]), "z": jnp.array([1 + 2j], jnp.complex64)},
+    ],
+    ids=["bfloat16", "bfloat16_float16", "float32_complex64"],
+)
+def test_global_norm_has_optaxs_dtype_and_value(tree):
+    with jax.numpy_dtype_promotion("standard"):
+        theirs = optax.tree.norm(tree)
+    ours = global_norm(tree)
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-2)
 
 
 def test_global_norm_squares_bfloat16_in_float32():
@@ -52,7 +74,7 @@ def test_global_norm_squares_bfloat16_in_float32():
     # squaring in bfloat16 would give a norm 3e-5 too small.
     tree = {"a": jnp.full((1000,), 1 + 2**-7, jnp.bfloat16)}
     expected = np.sqrt(1000 * (1 + 2**-7) ** 2)
-    np.testing.assert_allclose(float(global_norm(tree)), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(global_norm(tree, at_least_float32=True)), expected, rtol=1e-6)
 
 
 def test_global_norm_does_not_overflow_float16():

@@ -355,7 +355,10 @@ def piecewise_constant_schedule(
         count = jnp.asarray(count)
         value = _f32(init_value)
         for boundary, scale in pieces:
-            value = jnp.where(count >= boundary, value * _f32(scale), value)
+            # A fractional boundary is compared in float32: an integer count and a float
+            # have no implicit promotion under strict dtype rules.
+            at = count if isinstance(boundary, int) else _f32(count)
+            value = jnp.where(at >= boundary, value * _f32(scale), value)
         return value
 
     return schedule

@@ -174,6 +174,12 @@ DIFFERENCES: dict[str, list[Case]] = {
         _same(lambda m: m.cosine_onecycle_schedule(10, 1.0, pct_start=1.0), "pct_start"),
         _same(lambda m: m.cosine_onecycle_schedule(10, 1.0, pct_start=-0.5), "pct_start"),
     ],
+    "integer-steps": [
+        _same(lambda m: m.warmup_cosine_decay_schedule(0.0, 1.0, 10.5, 100), "warmup_steps"),
+        _same(lambda m: m.warmup_cosine_decay_schedule(0.0, 1.0, 10, 100.0), "decay_steps"),
+        _same(lambda m: m.cosine_onecycle_schedule(100.0, 1.0), "transition_steps"),
+        _same(lambda m: m.join_schedules([m.constant_schedule(1.0)] * 2, [2.5]), "boundaries"),
+    ],
     "join-boundaries": [
         _same(lambda m: m.join_schedules([m.constant_schedule(1.0)] * 3, [5]), "boundaries"),
         _same(lambda m: m.join_schedules([m.constant_schedule(1.0)] * 3, [5, 2]), "boundaries"),

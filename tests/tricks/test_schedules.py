@@ -93,6 +93,11 @@ CASES = [
         lambda: optax.piecewise_constant_schedule(-0.1, {3: 2.0, 6: 0.5}),
     ),
     (
+        "piecewise_constant_fractional_boundary",
+        lambda: sch.piecewise_constant_schedule(1.0, {2.5: 0.5, 7: 0.1}),
+        lambda: optax.piecewise_constant_schedule(1.0, {2.5: 0.5, 7: 0.1}),
+    ),
+    (
         "one_cycle",
         lambda: sch.cosine_onecycle_schedule(50, 1.0),
         lambda: optax.cosine_onecycle_schedule(50, 1.0),

@@ -69,9 +69,10 @@ class NormActModule(nn.Module):
         activation: the non-linearity ``φ``, any callable ``array -> array``.
         kernel_init: initializer of every Dense and Conv kernel, with the
             ``jax.nn.initializers`` signature ``(key, shape, dtype) -> array``. The default,
-            :func:`jaxtricks.tricks.initializers.he_normal` (``N(0, 2 / fan_in)``, He et al.,
-            2015), suits the default ReLU; with tanh pass ``lecun_normal()`` or
-            ``glorot_normal()`` from the same module.
+            :func:`jaxtricks.tricks.initializers.he_normal` (variance ``2 / fan_in``, He et al.,
+            2015, a truncated normal as ``jax.nn.initializers.he_normal``), suits the default
+            ReLU; with tanh pass ``lecun_normal()`` or ``glorot_normal()`` from the same module
+            (or the lesson's untruncated ``gaussian()``, ``glorot_normal_untruncated()``).
         dtype: the compute dtype; parameters stay float32 and batch norm computes in float32
             before casting back.
     """

@@ -44,7 +44,7 @@ from jaxtricks.training.state import TrainState
 from jaxtricks.tricks.averaging import ParamAveraging
 from jaxtricks.tricks.diagnostics import GradientHealthState, UpdateHealthState
 from jaxtricks.tricks.early_stopping import early_stopping
-from jaxtricks.tricks.plateau import ReduceOnPlateau, plateau_states, update_plateau
+from jaxtricks.tricks.plateau import EpochPlateau, plateau_states, update_plateau
 
 __all__ = [
     "AveragingHook",
@@ -328,9 +328,9 @@ class PlateauHook(Hook):
 
     order = 20
 
-    def __init__(self, plateau: ReduceOnPlateau, *, monitor: str = "val_loss"):
-        if not isinstance(plateau, ReduceOnPlateau):
-            raise ValueError(f"plateau must be a ReduceOnPlateau, got {plateau!r}")
+    def __init__(self, plateau: EpochPlateau, *, monitor: str = "val_loss"):
+        if not isinstance(plateau, EpochPlateau):
+            raise ValueError(f"plateau must be an EpochPlateau, got {plateau!r}")
         self.plateau = plateau
         self.monitor = check_monitor(monitor)
 

@@ -349,7 +349,7 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
         for name, fn in objective.metrics:
             values[name] = jnp.mean(_per_example(f"metrics[{name!r}]", fn(outputs, y), size))
             values[name] = values[name].astype(jnp.float32)
-        values["grad_norm"] = global_norm(grads).astype(jnp.float32)
+        values["grad_norm"] = global_norm(grads, at_least_float32=True).astype(jnp.float32)
         values["skipped"] = skipped
         return constrain_state(new), values
 

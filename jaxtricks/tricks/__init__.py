@@ -2,12 +2,14 @@
 
 from jaxtricks.tricks import flat, initializers, optimizers, preprocessing, schedules
 from jaxtricks.tricks.adaptive import (
-    AdagradState,
-    AdamState,
-    RmsState,
+    ScaleByRmsWithCountState,
+    ScaleByRssWithCountState,
+    ScaleByRStdDevWithCountState,
     scale_by_adagrad,
     scale_by_adam,
     scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
 )
 from jaxtricks.tricks.averaging import (
     EmaParamsState,
@@ -17,8 +19,7 @@ from jaxtricks.tricks.averaging import (
     polyak_params,
     swa_params,
 )
-from jaxtricks.tricks.base import CountState
-from jaxtricks.tricks.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from jaxtricks.tricks.clipping import clip, clip_by_global_norm, clip_by_norm, clip_by_value
 from jaxtricks.tricks.diagnostics import (
     HEALTH_FIELDS,
     GradientHealthState,
@@ -32,8 +33,10 @@ from jaxtricks.tricks.flat import FlatLayout, FlatState, flat_params, flatten_by
 from jaxtricks.tricks.initializers import (
     gaussian,
     glorot_normal,
+    glorot_normal_untruncated,
     glorot_uniform,
     he_normal,
+    he_normal_untruncated,
     he_uniform,
     kaiming_normal,
     kaiming_uniform,
@@ -41,15 +44,18 @@ from jaxtricks.tricks.initializers import (
     lecun_uniform,
     normal,
     orthogonal,
+    symmetric_uniform,
+    truncated_normal,
     uniform,
+    unscaled_normal,
     variance_scaling,
     xavier_normal,
     xavier_uniform,
 )
 from jaxtricks.tricks.initializers import get as get_initializer
 from jaxtricks.tricks.learning_rate import scale_by_learning_rate
-from jaxtricks.tricks.nonfinite import SkipNonfiniteState, skip_nonfinite
-from jaxtricks.tricks.normalized_gradient import normalize_by_global_norm
+from jaxtricks.tricks.nonfinite import apply_if_finite, skip_nonfinite
+from jaxtricks.tricks.normalized_gradient import normalize_by_global_norm, normalize_by_update_norm
 from jaxtricks.tricks.optimizers import (
     adagrad,
     adam,
@@ -62,8 +68,9 @@ from jaxtricks.tricks.optimizers import (
 )
 from jaxtricks.tricks.optimizers import get as get_optimizer
 from jaxtricks.tricks.plateau import (
+    EpochPlateau,
     PlateauState,
-    ReduceOnPlateau,
+    epoch_plateau,
     plateau_states,
     reduce_on_plateau,
     scale_by_plateau,
@@ -80,60 +87,76 @@ from jaxtricks.tricks.preprocessing import (
 )
 from jaxtricks.tricks.schedules import (
     constant,
+    constant_schedule,
     cosine_decay,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
     exponential_decay,
     join,
+    join_schedules,
     one_cycle,
     per_epoch_decay,
     piecewise_constant,
+    piecewise_constant_schedule,
     step_decay,
     warmup_cosine,
+    warmup_cosine_decay_schedule,
 )
 from jaxtricks.tricks.tree import all_finite, global_norm
 from jaxtricks.tricks.velocity import (
-    MomentumState,
+    TraceWithCountState,
     VelocityState,
     scale_by_momentum,
     scale_by_velocity,
+    trace,
 )
-from jaxtricks.tricks.weight_decay import add_decayed_weights, add_l2_penalty
+from jaxtricks.tricks.weight_decay import (
+    WeightDecaySchedule,
+    add_decayed_weights,
+    add_l2_penalty,
+)
 
 __all__ = [
     "HEALTH_FIELDS",
-    "AdagradState",
-    "AdamState",
-    "CountState",
     "EarlyStopping",
     "EarlyStoppingState",
     "EmaParamsState",
+    "EpochPlateau",
     "FlatLayout",
     "FlatState",
     "GradientHealthState",
     "MinMaxStats",
-    "MomentumState",
     "ParamAveraging",
     "PlateauState",
-    "ReduceOnPlateau",
-    "RmsState",
-    "SkipNonfiniteState",
+    "ScaleByRStdDevWithCountState",
+    "ScaleByRmsWithCountState",
+    "ScaleByRssWithCountState",
     "StandardStats",
     "SwaParamsState",
+    "TraceWithCountState",
     "UpdateHealthState",
     "VelocityState",
+    "WeightDecaySchedule",
     "adagrad",
     "adam",
     "adamw",
     "add_decayed_weights",
     "add_l2_penalty",
     "all_finite",
+    "apply_if_finite",
     "apply_min_max",
+    "clip",
     "clip_by_global_norm",
     "clip_by_norm",
     "clip_by_value",
     "constant",
+    "constant_schedule",
     "cosine_decay",
+    "cosine_decay_schedule",
+    "cosine_onecycle_schedule",
     "early_stopping",
     "ema_params",
+    "epoch_plateau",
     "exponential_decay",
     "fit_min_max",
     "fit_standardization",
@@ -146,12 +169,15 @@ __all__ = [
     "get_optimizer",
     "global_norm",
     "glorot_normal",
+    "glorot_normal_untruncated",
     "glorot_uniform",
     "gradient_health",
     "he_normal",
+    "he_normal_untruncated",
     "he_uniform",
     "initializers",
     "join",
+    "join_schedules",
     "kaiming_normal",
     "kaiming_uniform",
     "lecun_normal",
@@ -160,12 +186,14 @@ __all__ = [
     "nesterov",
     "normal",
     "normalize_by_global_norm",
+    "normalize_by_update_norm",
     "normalized_sgd",
     "one_cycle",
     "optimizers",
     "orthogonal",
     "per_epoch_decay",
     "piecewise_constant",
+    "piecewise_constant_schedule",
     "plateau_states",
     "polyak_params",
     "preprocessing",
@@ -177,6 +205,8 @@ __all__ = [
     "scale_by_momentum",
     "scale_by_plateau",
     "scale_by_rms",
+    "scale_by_rss",
+    "scale_by_stddev",
     "scale_by_velocity",
     "scale_to_unit",
     "schedules",
@@ -185,11 +215,16 @@ __all__ = [
     "standardize",
     "step_decay",
     "swa_params",
+    "symmetric_uniform",
+    "trace",
+    "truncated_normal",
     "uniform",
+    "unscaled_normal",
     "update_health",
     "update_plateau",
     "variance_scaling",
     "warmup_cosine",
+    "warmup_cosine_decay_schedule",
     "xavier_normal",
     "xavier_uniform",
 ]

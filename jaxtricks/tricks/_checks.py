@@ -1,8 +1,9 @@
 """Validation of hyperparameters when a transform, schedule or initializer is built.
 
-A hyperparameter may be a Python number, a concrete array, a schedule ``count -> value``
-or, under ``optax.inject_hyperparams`` inside ``jit``, a tracer. Numbers and concrete arrays
-are checked at once; schedules and tracers cannot be checked before they run and pass through.
+A hyperparameter may be a Python number, a concrete scalar array of any real dtype (bfloat16
+included), a schedule ``count -> value`` or, under ``optax.inject_hyperparams`` inside ``jit``,
+a tracer. Numbers and concrete arrays are checked at once; schedules and tracers cannot be
+checked before they run and pass through.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -47,7 +49,8 @@ def _concrete(value: Any) -> float | None:
     array = np.asarray(value)
     if array.shape != ():
         raise ValueError(f"expected a scalar, got an array of shape {array.shape}")
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+    # jnp.issubdtype knows JAX's extra floats (bfloat16, float8), which NumPy calls void.
+    if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
         raise TypeError(f"expected a real number, got dtype {array.dtype}")
     return float(array)
 
@@ -99,6 +102,21 @@ def check_int(
         bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be an integer {bounds}{why}, got {value!r}")
     return int(value)
+
+
+def check_count(name: str, value: Any, low: int) -> Any:
+    """An integer ``>= low``: a Python int or an integer scalar array; returns ``value``.
+
+    Unlike :func:`check_int`, arrays are accepted (``optax.inject_hyperparams`` passes every
+    numeric argument as one) and tracers pass unchecked.
+    """
+    if isinstance(value, jax.core.Tracer):
+        return value
+    if isinstance(value, bool) or not jnp.issubdtype(np.asarray(value).dtype, jnp.integer):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if np.shape(value) != () or int(value) < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
 
 
 def check_positive(name: str, value: Any) -> Any:

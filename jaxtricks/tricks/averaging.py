@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxtricks.tricks._checks import check_int, check_range, resolve
-from jaxtricks.tricks.tree import check_float_leaves, check_same_structure
+from jaxtricks.tricks.tree import check_inexact_leaves, check_same_structure
 
 
 class EmaParamsState(NamedTuple):
@@ -75,7 +75,7 @@ def _averaged(state: EmaParamsState | SwaParamsState) -> Any:
 def _blend(average: Any, params: Any, weight: jax.Array) -> Any:
     """θ̄ + w (θ − θ̄), leaf by leaf in the average's dtype; exactly θ when w = 1."""
     check_same_structure("params", params, "the average", average)
-    check_float_leaves("params", params)
+    check_inexact_leaves("params", params)
 
     # This form keeps θ̄ exactly when θ = θ̄ (a constant trajectory) or w = 0; the select
     # makes w = 1 exact too, where θ̄ + (θ − θ̄) can round away from θ.
@@ -116,7 +116,7 @@ def ema_params(decay: Any, *, debias: bool = True) -> ParamAveraging:
         raise ValueError(f"debias must be a bool, got {debias!r}")
 
     def init_fn(params):
-        check_float_leaves("params", params)
+        check_inexact_leaves("params", params)
         return EmaParamsState(
             count=jnp.zeros((), jnp.int32),
             weight_sum=jnp.zeros((), jnp.float32),
@@ -165,7 +165,7 @@ def swa_params(start: int = 1, every: int = 1) -> ParamAveraging:
     every = check_int("every", every, 1)
 
     def init_fn(params):
-        check_float_leaves("params", params)
+        check_inexact_leaves("params", params)
         return SwaParamsState(
             count=jnp.zeros((), jnp.int32),
             num_averaged=jnp.zeros((), jnp.int32),

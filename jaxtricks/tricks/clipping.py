@@ -8,6 +8,10 @@ With a threshold θ (the lesson suggests θ = 1 or θ = 10):
 
 Norm clipping keeps the gradient's direction and bounds its length; value clipping bounds
 each coordinate and can change the direction. Norms are accumulated in at least float32.
+
+``clip`` (Optax's name; ``clip_by_value`` is the same function) and ``clip_by_global_norm``
+have Optax's signature and stateless state; a schedule as threshold (an extra of ours) adds a
+step count. ``clip_by_norm`` clips each leaf on its own, which Optax has no transform for.
 """
 
 from __future__ import annotations
@@ -18,50 +22,66 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import check_positive, resolve
-from jaxtricks.tricks.base import CountState, init_count
-from jaxtricks.tricks.tree import global_norm, like
+from jaxtricks.tricks._checks import check_positive
+from jaxtricks.tricks.base import stateless_unless_scheduled
+from jaxtricks.tricks.tree import global_norm, like, wider_dtype
 
 
-def clip_by_value(max_delta: Any) -> optax.GradientTransformation:
-    """Clamps every coordinate of the updates to ``[−θ, θ]``.
+def _rescaled(g: jax.Array, factor: jax.Array) -> jax.Array:
+    """``g · factor`` for a real scalar ``factor``, computed in at least the factor's precision.
+
+    Rounded once: three roundings in bfloat16 or float16 could overshoot θ by more than one
+    unit in the last place.
+    """
+    wide = wider_dtype(g.dtype, factor.dtype)
+    return (g.astype(wide) * factor.astype(wide)).astype(g.dtype)
+
+
+def clip(max_delta: Any) -> optax.GradientTransformationExtraArgs:
+    """Clamps every coordinate of the updates to ``[−θ, θ]`` (Optax's ``clip``).
+
+    Math: ``u = clamp(g, −θ, θ)`` elementwise.
 
     Args:
-      max_delta: θ > 0, a float or a schedule.
+      max_delta: θ > 0, a float, a scalar array or a schedule.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`CountState`.
+      An ``optax.GradientTransformationExtraArgs``; its state is ``optax.EmptyState()``, or
+      ``optax.ScaleByScheduleState(count)`` when θ is a schedule.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> tx = clip_by_value(1.0)
+      >>> tx = clip(1.0)
       >>> u, _ = tx.update(jnp.array([-3.0, 0.5, 2.0]), tx.init(None))
       >>> u.tolist()
       [-1.0, 0.5, 1.0]
     """
     check_positive("max_delta", max_delta)
 
-    def update_fn(updates, state, params=None):
+    def clamp(updates, params, max_delta):
         del params
-        theta = resolve(max_delta, state.count)
-        clipped = jax.tree.map(
-            lambda g: jnp.clip(g, -like(theta, g), like(theta, g)), updates
+        return jax.tree.map(
+            lambda g: jnp.clip(g, -like(max_delta, g), like(max_delta, g)), updates
         )
-        return clipped, CountState(count=optax.safe_increment(state.count))
 
-    return optax.GradientTransformation(init_count, update_fn)
+    return stateless_unless_scheduled(clamp, {"max_delta": max_delta})
 
 
-def clip_by_norm(max_norm: Any) -> optax.GradientTransformation:
+# The lesson's name: value clipping, as opposed to norm clipping.
+clip_by_value = clip
+
+
+def clip_by_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
     """Rescales each leaf whose own Euclidean norm exceeds θ down to norm θ.
 
     Math: ``u_i = g_i · min(1, θ / ‖g_i‖)`` for every leaf ``g_i`` separately.
 
     Args:
-      max_norm: θ > 0, a float or a schedule.
+      max_norm: θ > 0, a float, a scalar array or a schedule.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`CountState`.
+      An ``optax.GradientTransformationExtraArgs``; its state is ``optax.EmptyState()``, or
+      ``optax.ScaleByScheduleState(count)`` when θ is a schedule.
 
     Example:
       >>> import jax.numpy as jnp
@@ -73,30 +93,29 @@ def clip_by_norm(max_norm: Any) -> optax.GradientTransformation:
     check_positive("max_norm", max_norm)
 
     def clip_leaf(g, theta):
-        norm = global_norm(g)
+        norm = global_norm(g, at_least_float32=True)
         factor = jnp.minimum(1, like(theta, norm) / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny))
-        return (g.astype(norm.dtype) * factor).astype(g.dtype)
+        return _rescaled(g, factor)
 
-    def update_fn(updates, state, params=None):
+    def clip_leaves(updates, params, max_norm):
         del params
-        theta = resolve(max_norm, state.count)
-        clipped = jax.tree.map(lambda g: clip_leaf(g, theta), updates)
-        return clipped, CountState(count=optax.safe_increment(state.count))
+        return jax.tree.map(lambda g: clip_leaf(g, max_norm), updates)
 
-    return optax.GradientTransformation(init_count, update_fn)
+    return stateless_unless_scheduled(clip_leaves, {"max_norm": max_norm})
 
 
-def clip_by_global_norm(max_norm: Any) -> optax.GradientTransformation:
+def clip_by_global_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
     """Rescales all updates together when their global norm exceeds θ.
 
     Math: ``u = g`` if ``‖g‖ < θ`` else ``u = (g / ‖g‖) · θ`` with ``‖g‖`` over every leaf
     (Pascanu et al. 2013, https://arxiv.org/abs/1211.5063).
 
     Args:
-      max_norm: θ > 0, a float or a schedule.
+      max_norm: θ > 0, a float, a scalar array or a schedule.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`CountState`.
+      An ``optax.GradientTransformationExtraArgs``; its state is ``optax.EmptyState()``, or
+      ``optax.ScaleByScheduleState(count)`` when θ is a schedule.
 
     Example:
       >>> import jax.numpy as jnp
@@ -107,18 +126,11 @@ def clip_by_global_norm(max_norm: Any) -> optax.GradientTransformation:
     """
     check_positive("max_norm", max_norm)
 
-    def update_fn(updates, state, params=None):
+    def clip_all(updates, params, max_norm):
         del params
-        theta = resolve(max_norm, state.count)
-        norm = global_norm(updates)
-        keep = norm < like(theta, norm)
-        # Rescaled in the norm's dtype (float32 at least) and rounded once, as in clip_by_norm:
-        # three roundings in bfloat16 or float16 could overshoot θ by more than one unit.
-        factor = like(theta, norm) / norm
-        clipped = jax.tree.map(
-            lambda g: jnp.where(keep, g, (g.astype(norm.dtype) * factor).astype(g.dtype)),
-            updates,
-        )
-        return clipped, CountState(count=optax.safe_increment(state.count))
+        norm = global_norm(updates, at_least_float32=True)
+        keep = norm < like(max_norm, norm)
+        factor = like(max_norm, norm) / norm
+        return jax.tree.map(lambda g: jnp.where(keep, g, _rescaled(g, factor)), updates)
 
-    return optax.GradientTransformation(init_count, update_fn)
+    return stateless_unless_scheduled(clip_all, {"max_norm": max_norm})

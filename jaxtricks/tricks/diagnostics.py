@@ -154,7 +154,7 @@ def gradient_health(
         vanish_threshold: float = 1e-7,
         explode_threshold: float = 1e3,
         depth: int | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Records per-leaf and per-module gradient and parameter norms; passes updates unchanged.
 
     Math: ``‖g_i‖``, ``‖θ_i‖`` per leaf; ``‖g_m‖ = sqrt(Σ_{i∈m} ‖g_i‖²)``, ``‖θ_m‖`` likewise and
@@ -170,8 +170,8 @@ def gradient_health(
         key (each Flax layer apart). See the module docstring.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`GradientHealthState`
-      holding the values of the last ``update``.
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      :class:`GradientHealthState` holding the values of the last ``update``.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -207,8 +207,8 @@ def gradient_health(
             exploding=dict(flags),
         )
 
-    def update_fn(updates, state, params=None):
-        del state
+    def update_fn(updates, state, params=None, **extra_args):
+        del state, extra_args
         _require_params("gradient_health", params)
         check_same_structure("updates", updates, "params", params)
         names = _modules(updates, depth)
@@ -234,10 +234,10 @@ def gradient_health(
         )
         return updates, new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def update_health(*, depth: int | None = None) -> optax.GradientTransformation:
+def update_health(*, depth: int | None = None) -> optax.GradientTransformationExtraArgs:
     """Records per-leaf and per-module norms of the updates; passes them unchanged.
 
     Math: ``‖u_i‖`` per leaf, ``‖u_m‖ = sqrt(Σ_{i∈m} ‖u_i‖²)`` and ``ρ_m = ‖u_m‖ / ‖θ_m‖`` per
@@ -248,8 +248,8 @@ def update_health(*, depth: int | None = None) -> optax.GradientTransformation:
       depth: how many leading path keys name a module; see :func:`gradient_health`.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is an :class:`UpdateHealthState`
-      holding the values of the last ``update``.
+      An ``optax.GradientTransformationExtraArgs`` whose state is an
+      :class:`UpdateHealthState` holding the values of the last ``update``.
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -272,8 +272,8 @@ def update_health(*, depth: int | None = None) -> optax.GradientTransformation:
             module_update_ratios=dict(zeros),
         )
 
-    def update_fn(updates, state, params=None):
-        del state
+    def update_fn(updates, state, params=None, **extra_args):
+        del state, extra_args
         _require_params("update_health", params)
         check_same_structure("updates", updates, "params", params)
         names = _modules(updates, depth)
@@ -290,7 +290,7 @@ def update_health(*, depth: int | None = None) -> optax.GradientTransformation:
         )
         return updates, new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def get_health(opt_state: Any, field: str) -> Any:

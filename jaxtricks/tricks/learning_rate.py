@@ -4,29 +4,32 @@ Math: ``u_t = −η_t g_t``, so that ``optax.apply_updates`` performs ``w_t = w_
 η is a constant or a schedule ``count -> η`` (any jaxtricks or Optax schedule).
 """
 
-from __future__ import annotations
-
-from typing import Any
 
 import jax
 import optax
 
-from jaxtricks.tricks._checks import check_nonnegative, resolve
-from jaxtricks.tricks.base import CountState, init_count
-from jaxtricks.tricks.tree import check_float_leaves, check_same_structure, like
+from jaxtricks.tricks._checks import check_nonnegative
+from jaxtricks.tricks.base import stateless_unless_scheduled
+from jaxtricks.tricks.tree import check_inexact_leaves, check_same_structure, like
 
 
 def scale_by_learning_rate(
-    learning_rate: Any, *, flip_sign: bool = True
-) -> optax.GradientTransformation:
-    """Multiplies updates by ``−η_t`` (or ``+η_t`` with ``flip_sign=False``).
+    learning_rate: optax.ScalarOrSchedule | None = None,
+    *,
+    flip_sign: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """Multiplies updates by ``−η_t`` (or ``+η_t`` with ``flip_sign=False``), as Optax's.
+
+    Math: ``u_t = −η_t g_t``.
 
     Args:
-      learning_rate: η ≥ 0, a float, a scalar array or a schedule ``count -> η``.
+      learning_rate: η ≥ 0, a float, a scalar array (any float dtype) or a schedule
+        ``count -> η``; ``None`` leaves the updates as they are.
       flip_sign: negate, turning a descent direction into a step (the default).
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`CountState`.
+      An ``optax.GradientTransformationExtraArgs``. Its state is ``optax.EmptyState()`` for
+      a constant η or ``None``, and ``optax.ScaleByScheduleState(count)`` for a schedule.
 
     Example:
       >>> import jax.numpy as jnp
@@ -35,21 +38,17 @@ def scale_by_learning_rate(
       >>> u.tolist()
       [-1.0]
     """
+    if learning_rate is None:
+        return optax.with_extra_args_support(optax.identity())
     check_nonnegative("learning_rate", learning_rate)
     sign = -1 if flip_sign else 1
 
-    def init_fn(params):
-        check_float_leaves("params", params)
-        return init_count(params)
-
-    def update_fn(updates, state, params=None):
+    def scale(updates, params, learning_rate):
         # Every optimizer ends here, so this is where a gradient that does not match the
         # parameters, or an integer one, is caught for all of them (at trace time only).
         if params is not None:
             check_same_structure("updates", updates, "params", params)
-        check_float_leaves("updates", updates)
-        eta = resolve(learning_rate, state.count)
-        scaled = jax.tree.map(lambda g: g * like(sign * eta, g), updates)
-        return scaled, CountState(count=optax.safe_increment(state.count))
+        check_inexact_leaves("updates", updates)
+        return jax.tree.map(lambda g: g * like(sign * learning_rate, g), updates)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return stateless_unless_scheduled(scale, {"learning_rate": learning_rate}, check_params=True)

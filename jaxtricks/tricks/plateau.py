@@ -1,9 +1,17 @@
-"""Reducing the learning rate when a validation metric stops improving (lesson L6).
+"""Reducing the learning rate when a metric stops improving (lesson L6).
 
-A scale c multiplies the optimizer's updates. Once per epoch the metric m_e is observed; with
-s = +1 to minimize and s = −1 to maximize, the epoch improves when ``s·m_e < s·best − δ``
-(then best ← m_e). The epochs without improvement w restart at 0 on an improvement, and also
-during the ``cooldown`` epochs that follow a reduction; otherwise they grow by one. When
+Two forms. :func:`reduce_on_plateau` is Optax's (``optax.contrib.reduce_on_plateau``: the same
+signature, defaults and ``optax.contrib.ReduceLROnPlateauState``): a transform that receives
+the monitored value as ``update(..., value=...)`` on every call, averages
+``accumulation_size`` of them, and reduces its scale when the average has not improved on the
+best by a relative ``rtol`` (and absolute ``atol``) for ``patience`` averages. It minimizes.
+
+The epoch-level form, for a metric computed outside the compiled step once per epoch (how
+``jaxtricks.training.fit`` uses it): a scale c multiplies the optimizer's updates. Once per
+epoch the metric m_e is observed; with s = +1 to minimize and s = −1 to maximize, the epoch
+improves when ``s·m_e < s·best − δ`` (then best ← m_e). The epochs without improvement w
+restart at 0 on an improvement, and also during the ``cooldown`` epochs that follow a
+reduction; otherwise they grow by one. When
 
     w ≥ patience:    c ← max(factor·c, min_scale),   w ← 0,   cooldown restarts,
 
@@ -11,16 +19,11 @@ so the scale drops by ``factor`` after ``patience`` epochs without improvement a
 below ``min_scale``. For an optimizer whose step is linear in the learning rate η (SGD, Adam,
 heavy-ball momentum with η applied last), scaling the update is scaling η.
 
-The pieces: :func:`reduce_on_plateau` is the pure state machine (``init``, ``update(state,
+Its pieces: :func:`epoch_plateau` is the pure state machine (``init``, ``update(state,
 metric)``); :func:`scale_by_plateau` puts its state in the optimizer's state and multiplies
 the updates by its scale; :func:`update_plateau` advances that state with a metric, between
 steps. The scale thus lives, and is checkpointed, with the optimizer state, while the metric
 comes once per epoch from outside the compiled step.
-
-``optax.contrib.reduce_on_plateau`` (Optax 0.2.8) is not reused: its ``update`` needs the
-metric as ``value=`` on every call, so the training step itself would have to receive a
-validation metric at each step; it only minimizes, and its bookkeeping (averaging the values
-over ``accumulation_size`` calls) runs per step rather than per epoch.
 """
 
 from __future__ import annotations
@@ -32,12 +35,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import check_choice, check_int, check_nonnegative, check_range
+from jaxtricks.tricks._checks import (
+    check_choice,
+    check_count,
+    check_int,
+    check_nonnegative,
+    check_range,
+)
 from jaxtricks.tricks.early_stopping import MODES, _as_metric, _improves
+from jaxtricks.tricks.tree import like
 
 
 class PlateauState(NamedTuple):
-    """State of :func:`reduce_on_plateau` (and of :func:`scale_by_plateau`)."""
+    """State of :func:`epoch_plateau` (and of :func:`scale_by_plateau`)."""
 
     scale: jax.Array  # shape=(), float32; c, the multiplier of the updates
     best_metric: jax.Array  # shape=(), float32; +inf ("min") or -inf ("max") before any
@@ -46,14 +56,14 @@ class PlateauState(NamedTuple):
     count: jax.Array  # shape=(), int32; metrics observed, saturating
 
 
-class ReduceOnPlateau(NamedTuple):
-    """A pure reduce-on-plateau state machine; see :func:`reduce_on_plateau`."""
+class EpochPlateau(NamedTuple):
+    """A pure reduce-on-plateau state machine for per-epoch metrics; see :func:`epoch_plateau`."""
 
     init: Callable[[], PlateauState]
     update: Callable[[PlateauState, Any], PlateauState]  # (state, metric) -> state
 
 
-def reduce_on_plateau(
+def epoch_plateau(
     factor: float = 0.1,
     patience: int = 10,
     *,
@@ -61,8 +71,8 @@ def reduce_on_plateau(
     min_delta: Any = 0.0,
     cooldown: int = 0,
     min_scale: Any = 0.0,
-) -> ReduceOnPlateau:
-    """A learning-rate scale that drops by ``factor`` when the metric stops improving.
+) -> EpochPlateau:
+    """A learning-rate scale that drops by ``factor`` when a per-epoch metric stops improving.
 
     Math: per observed metric, w ← 0 on an improvement (``s·m < s·best − δ``) or in cooldown,
     else w ← w + 1; when ``w ≥ patience``, ``c ← max(factor·c, min_scale)``, w ← 0 and the
@@ -77,11 +87,11 @@ def reduce_on_plateau(
       min_scale: the floor of c, in [0, 1].
 
     Returns:
-      A :class:`ReduceOnPlateau` with ``init() -> PlateauState`` and
+      An :class:`EpochPlateau` with ``init() -> PlateauState`` and
       ``update(state, metric) -> PlateauState``, both pure (``jit`` and ``lax.scan`` work).
 
     Example:
-      >>> plateau = reduce_on_plateau(factor=0.5, patience=2)
+      >>> plateau = epoch_plateau(factor=0.5, patience=2)
       >>> state = plateau.init()
       >>> for loss in [1.0, 1.0, 1.0, 0.5, 0.7, 0.6]:
       ...     state = plateau.update(state, loss)
@@ -125,10 +135,10 @@ def reduce_on_plateau(
             count=optax.safe_increment(state.count),
         )
 
-    return ReduceOnPlateau(init_fn, update_fn)
+    return EpochPlateau(init_fn, update_fn)
 
 
-def scale_by_plateau(plateau: ReduceOnPlateau) -> optax.GradientTransformation:
+def scale_by_plateau(plateau: EpochPlateau) -> optax.GradientTransformationExtraArgs:
     """Multiplies the updates by the plateau scale c held in the optimizer state.
 
     Math: ``u ← c·u``. The transform never changes c; :func:`update_plateau` does, once per
@@ -136,14 +146,14 @@ def scale_by_plateau(plateau: ReduceOnPlateau) -> optax.GradientTransformation:
     rate) so that it scales the step.
 
     Args:
-      plateau: the :class:`ReduceOnPlateau` whose ``init`` gives the initial state.
+      plateau: the :class:`EpochPlateau` whose ``init`` gives the initial state.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`PlateauState`.
+      An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`PlateauState`.
 
     Example:
       >>> import jax.numpy as jnp, optax
-      >>> plateau = reduce_on_plateau(factor=0.5, patience=1)
+      >>> plateau = epoch_plateau(factor=0.5, patience=1)
       >>> tx = optax.chain(optax.sgd(1.0), scale_by_plateau(plateau))
       >>> opt_state = tx.init(jnp.zeros(2))
       >>> opt_state = update_plateau(opt_state, plateau, 1.0)
@@ -152,22 +162,21 @@ def scale_by_plateau(plateau: ReduceOnPlateau) -> optax.GradientTransformation:
       >>> updates.tolist()
       [-0.5, -0.5]
     """
-    if not isinstance(plateau, ReduceOnPlateau):
+    if not isinstance(plateau, EpochPlateau):
         raise ValueError(
-            f"plateau must be a ReduceOnPlateau from reduce_on_plateau(), "
-            f"got {type(plateau).__name__}"
+            f"plateau must be an EpochPlateau from epoch_plateau(), got {type(plateau).__name__}"
         )
 
     def init_fn(params):
         del params
         return plateau.init()
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
         updates = jax.tree.map(lambda u: (state.scale.astype(u.dtype) * u), updates)
         return updates, state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _is_plateau_state(node: Any) -> bool:
@@ -179,7 +188,7 @@ def plateau_states(opt_state: Any) -> list[PlateauState]:
 
     Example:
       >>> import jax.numpy as jnp, optax
-      >>> tx = optax.chain(optax.sgd(0.1), scale_by_plateau(reduce_on_plateau()))
+      >>> tx = optax.chain(optax.sgd(0.1), scale_by_plateau(epoch_plateau()))
       >>> [float(s.scale) for s in plateau_states(tx.init(jnp.zeros(1)))]
       [1.0]
     """
@@ -187,7 +196,7 @@ def plateau_states(opt_state: Any) -> list[PlateauState]:
     return [node for node in nodes if _is_plateau_state(node)]
 
 
-def update_plateau(opt_state: Any, plateau: ReduceOnPlateau, metric: Any) -> Any:
+def update_plateau(opt_state: Any, plateau: EpochPlateau, metric: Any) -> Any:
     """Advances every :class:`PlateauState` in ``opt_state`` by one observed metric.
 
     Math: each state s becomes ``plateau.update(s, metric)``; the rest of the optimizer
@@ -216,3 +225,105 @@ def update_plateau(opt_state: Any, plateau: ReduceOnPlateau, metric: Any) -> Any
         opt_state,
         is_leaf=_is_plateau_state,
     )
+
+
+def reduce_on_plateau(
+    factor: float = 0.1,
+    patience: int = 10,
+    rtol: float = 1e-4,
+    atol: float = 0.0,
+    cooldown: int = 0,
+    accumulation_size: int = 1,
+    min_scale: Any = 0.0,
+) -> optax.GradientTransformationExtraArgs:
+    """Scales the updates down when a monitored value stops improving (Optax's contrib one).
+
+    Math: each call adds ``value`` to a running mean ``a`` of ``accumulation_size`` values.
+    When the mean is complete it is judged: it improves when ``a < (1 − rtol)·best − atol``
+    (then best ← a, p ← 0), else p ← p + 1. Outside cooldown, when ``p = patience`` the
+    scale becomes ``max(factor·c, min_scale)``, p ← 0 and ``cooldown`` judgements follow in
+    which p stays 0 and c does not move. The updates are multiplied by c, which starts at 1.
+
+    Args:
+      factor: the multiplier of a reduction, in (0, 1).
+      patience: judgements without improvement before a reduction, an integer ≥ 1.
+      rtol: relative tolerance of an improvement, in [0, 1].
+      atol: absolute tolerance of an improvement, ≥ 0; ``rtol`` and ``atol`` are not both 0.
+      cooldown: judgements after a reduction that are not counted, an integer ≥ 0.
+      accumulation_size: values averaged per judgement, an integer ≥ 1 (1 for a validation
+        loss; more for a noisy per-batch training loss).
+      min_scale: the floor of c, in [0, 1].
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose ``update(updates, state,
+      params=None, *, value)`` needs the monitored value, and whose state is an
+      ``optax.contrib.ReduceLROnPlateauState(scale, best_value, plateau_count,
+      cooldown_count, count, avg_value)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = reduce_on_plateau(factor=0.5, patience=2)
+      >>> state = tx.init(jnp.zeros(1))
+      >>> for loss in [1.0, 1.0, 1.0]:
+      ...     u, state = tx.update(jnp.ones(1), state, value=loss)
+      >>> u.tolist(), float(state.scale)
+      ([0.5], 0.5)
+    """
+    check_range("factor", factor, 0.0, 1.0, low_open=True, high_open=True)
+    check_count("patience", patience, 1)
+    check_range("rtol", rtol, 0.0, 1.0)
+    check_nonnegative("atol", atol)
+    if rtol == 0 and atol == 0:
+        raise ValueError("rtol and atol must not both be 0: nothing would count as a plateau")
+    check_count("cooldown", cooldown, 0)
+    check_count("accumulation_size", accumulation_size, 1)
+    check_range("min_scale", min_scale, 0.0, 1.0)
+
+    def init_fn(params):
+        low = optax.tree.dtype(params, "lowest")
+        high = optax.tree.dtype(params, "highest")
+        return optax.contrib.ReduceLROnPlateauState(
+            scale=jnp.ones((), low),
+            best_value=jnp.asarray(jnp.inf, high),
+            plateau_count=jnp.zeros((), jnp.int32),
+            cooldown_count=jnp.zeros((), jnp.int32),
+            count=jnp.zeros((), jnp.int32),
+            avg_value=jnp.zeros((), high),
+        )
+
+    def judge(state, average):
+        """The state after one complete average has been judged."""
+        best = state.best_value
+        improved = average < like(1 - rtol, best) * best - like(atol, best)
+        plateau = jnp.where(improved, 0, optax.safe_increment(state.plateau_count))
+        cooling = state.cooldown_count > 0
+        reduce = ~cooling & (plateau == patience)
+        scale = state.scale
+        reduced = jnp.maximum(scale * like(factor, scale), like(min_scale, scale))
+        return optax.contrib.ReduceLROnPlateauState(
+            scale=jnp.where(reduce, reduced, state.scale),
+            best_value=jnp.where(improved, average.astype(best.dtype), best),
+            plateau_count=jnp.where(cooling | reduce, 0, plateau).astype(jnp.int32),
+            cooldown_count=jnp.where(
+                cooling, state.cooldown_count - 1, jnp.where(reduce, cooldown, 0)
+            ).astype(jnp.int32),
+            count=jnp.zeros((), jnp.int32),
+            avg_value=jnp.zeros_like(state.avg_value),
+        )
+
+    def update_fn(updates, state, params=None, *, value, **extra_args):
+        del params, extra_args
+        count = optax.safe_increment(state.count)
+        average = (
+            state.count.astype(state.avg_value.dtype) * state.avg_value
+            + jnp.asarray(value).astype(state.avg_value.dtype)
+        ) / count.astype(state.avg_value.dtype)
+        accumulating = state._replace(count=count, avg_value=average)
+        judged = judge(state, average)
+        new_state = jax.tree.map(
+            lambda j, a: jnp.where(count == accumulation_size, j, a), judged, accumulating
+        )
+        updates = jax.tree.map(lambda g: new_state.scale.astype(g.dtype) * g, updates)
+        return updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

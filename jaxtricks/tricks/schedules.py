@@ -2,9 +2,8 @@
 
 A schedule maps the optimizer's step counter to a value, ``count -> η_count``. Every factory
 here checks its hyperparameters once, when it is called, and returns a pure function of
-``count`` (an integer scalar, possibly traced under ``jit``) that returns a float32 scalar
-array. Any of them can be passed wherever Optax takes a schedule, e.g.
-``optax.sgd(learning_rate=schedule)``. Hyperparameters are Python numbers or concrete scalars.
+``count`` (an integer scalar, possibly traced under ``jit``), usable wherever Optax takes a
+schedule, e.g. ``optax.sgd(learning_rate=schedule)``.
 
 The lesson's rule, "multiply η by 0.98 after each epoch", is :func:`per_epoch_decay`,
 
@@ -13,26 +12,28 @@ The lesson's rule, "multiply η by 0.98 after each epoch", is :func:`per_epoch_d
 a staircase case of the exponential decay η_0 · r^((count − begin) / T). The family, with
 c(t, T) = ½(1 + cos(π · min(t, T) / T)) falling from 1 at t = 0 to 0 from t = T on:
 
-    constant            η_0
-    exponential_decay   η_0 · r^(max(count − begin, 0) / T)   (exponent floored if staircase)
-    per_epoch_decay     η_0 · f^⌊count / steps_per_epoch⌋
-    step_decay          η_0 · γ^⌊count / step_size⌋            (PyTorch's ``StepLR``)
-    cosine_decay        η_0 · ((1 − α) · c(count, T)^p + α)    (Loshchilov & Hutter, 2017)
-    warmup_cosine       linear η_0 → η_peak over W steps, then cosine η_peak → η_end
-    piecewise_constant  η_0 · ∏ {s_i : b_i ≤ count}
-    one_cycle           cosine η_peak/d → η_peak, then cosine η_peak → η_peak/(d · d_final)
-                        (Smith & Topin, 2017)
+    constant_schedule             η_0
+    exponential_decay             η_0 · r^(max(count − begin, 0) / T)  (floored if staircase)
+    per_epoch_decay               η_0 · f^⌊count / steps_per_epoch⌋
+    step_decay                    η_0 · γ^⌊count / step_size⌋           (PyTorch's ``StepLR``)
+    cosine_decay_schedule         η_0 · ((1 − α) · c(count, T)^p + α)   (Loshchilov & Hutter 2017)
+    warmup_cosine_decay_schedule  linear η_0 → η_peak over W steps, then cosine η_peak → η_end
+    piecewise_constant_schedule   η_0 · ∏ {s_i : b_i ≤ count}
+    cosine_onecycle_schedule      cosine η_peak/d → η_peak, then cosine η_peak → η_peak/(d·d_f)
+                                  (Smith & Topin 2017)
+    join_schedules                one schedule after another, each counting from its start
 
-Each matches its Optax counterpart (``optax.exponential_decay``, ``optax.cosine_decay_schedule``,
-``optax.warmup_cosine_decay_schedule``, ``optax.piecewise_constant_schedule``,
-``optax.cosine_onecycle_schedule``, ``optax.join_schedules``) to float32 precision. Where Optax
-quietly turns a bad argument into a constant schedule (a non-positive number of steps, a zero
-decay rate), these raise ``ValueError`` naming the argument.
+The Optax-named ones have Optax's signatures (``exponential_decay(init_value,
+transition_steps, decay_rate, ...)``), defaults and values; the arithmetic is this module's
+own, in float32 (``constant_schedule`` returns its value as given, as Optax's does). The
+lesson's names are the same functions: ``constant``, ``cosine_decay``, ``warmup_cosine``,
+``piecewise_constant``, ``one_cycle`` and ``join``. Where Optax quietly turns a bad argument
+into a constant or meaningless schedule (a non-positive number of steps, a zero decay rate),
+these raise ``ValueError`` naming the argument; docs/optax_parity.md lists each case.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
@@ -51,66 +52,45 @@ Schedule = Callable[[ArrayLike], jax.Array]
 
 
 def _f32(value: ArrayLike) -> jax.Array:
-    return jnp.asarray(value, dtype=jnp.float32)
+    return jnp.asarray(value).astype(jnp.float32)
 
 
-def _cosine_factor(count: ArrayLike, steps: int) -> jax.Array:
+def _cosine_factor(count: ArrayLike, steps: float) -> jax.Array:
     """½(1 + cos(π t / T)) for t = count clipped to [0, T]: 1 at the start, 0 from T on."""
     # Float32 holds every count up to 2**24 exactly and the clip makes larger ones harmless.
     t = jnp.clip(jnp.asarray(count).astype(jnp.float32), 0, steps)
     return 0.5 * (1 + jnp.cos(jnp.pi * t / steps))
 
 
-def _linear_factor(count: ArrayLike, steps: int) -> jax.Array:
-    """1 − t / T for t = count clipped to [0, T]: 1 at the start, 0 from T on."""
-    return 1 - jnp.clip(jnp.asarray(count).astype(jnp.float32) / steps, 0, 1)
-
-
-def _anneal(
-        start: ArrayLike,
-        end: ArrayLike,
-        steps: int,
-        factor: Callable[[ArrayLike, int], jax.Array],
-) -> Schedule:
-    """``end + (start − end) · factor(count, steps)``: from ``start`` to ``end`` in ``steps``."""
-
-    def schedule(count: ArrayLike) -> jax.Array:
-        return _f32(end) + (_f32(start) - _f32(end)) * factor(count, steps)
-
-    return schedule
-
-
-def constant(value: ArrayLike) -> Schedule:
-    """The same value at every step.
+def constant_schedule(value: ArrayLike) -> Callable[[ArrayLike], ArrayLike]:
+    """The same value at every step (Optax's ``constant_schedule``).
 
     Math: ``η_count = value``.
 
     Args:
-      value: the value, >= 0.
+      value: the value, returned as given (a number or an array of any dtype).
 
     Returns:
-      A schedule ``count -> value`` returning a float32 scalar array.
+      A schedule ``count -> value``.
 
     Example:
-      >>> schedule = constant(0.1)
+      >>> schedule = constant_schedule(0.1)
       >>> print(schedule(0), schedule(10_000))
       0.1 0.1
     """
-    check_nonnegative("value", value)
 
-    def schedule(count: ArrayLike) -> jax.Array:
+    def schedule(count: ArrayLike) -> ArrayLike:
         del count
-        return _f32(value)
+        return value
 
     return schedule
 
 
 def exponential_decay(
         init_value: ArrayLike,
+        transition_steps: float,
         decay_rate: ArrayLike,
-        transition_steps: int = 1,
-        *,
-        transition_begin: int = 0,
+        transition_begin: float = 0,
         staircase: bool = False,
         end_value: ArrayLike | None = None,
 ) -> Schedule:
@@ -121,38 +101,39 @@ def exponential_decay(
     ``end_value`` when ``decay_rate < 1`` (above when ``decay_rate > 1``).
 
     Args:
-      init_value: the value up to ``transition_begin``, >= 0.
-      decay_rate: factor per ``transition_steps`` steps, > 0 (< 1 decays, > 1 grows).
-      transition_steps: integer >= 1, the steps over which the value changes by
-        ``decay_rate``.
-      transition_begin: integer >= 0, steps to hold ``init_value`` before decaying.
+      init_value: the value up to ``transition_begin``.
+      transition_steps: T > 0, the steps over which the value changes by ``decay_rate``.
+      decay_rate: r > 0 (< 1 decays, > 1 grows).
+      transition_begin: ≥ 0, steps to hold ``init_value`` before decaying.
       staircase: decay in jumps, once every ``transition_steps``, instead of smoothly.
-      end_value: optional bound, >= 0, where the decay stops.
+      end_value: optional bound where the decay stops.
 
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
     Example:
-      >>> schedule = exponential_decay(1.0, 0.5, 10, staircase=True)
+      >>> schedule = exponential_decay(1.0, 10, 0.5, staircase=True)
       >>> print(schedule(9), schedule(10), schedule(25))
       1.0 0.5 0.25
     """
-    check_nonnegative("init_value", init_value)
+    check_positive("transition_steps", transition_steps)
     check_positive("decay_rate", decay_rate)
-    transition_steps = check_int("transition_steps", transition_steps, 1)
-    transition_begin = check_int("transition_begin", transition_begin, 0)
+    check_nonnegative("transition_begin", transition_begin)
     if end_value is not None:
-        check_nonnegative("end_value", end_value)
         bound = jnp.maximum if decay_rate < 1 else jnp.minimum
+    integral = all(isinstance(n, int) for n in (transition_steps, transition_begin))
 
     def schedule(count: ArrayLike) -> jax.Array:
-        elapsed = jnp.maximum(jnp.asarray(count) - transition_begin, 0)
-        if staircase:
-            # Integer division: a float quotient can round up to the next step for large counts.
-            exponent = (elapsed // transition_steps).astype(jnp.float32)
+        if integral:
+            # Floor division of the integer count: a float quotient can round up to the next
+            # step for large counts.
+            elapsed = jnp.maximum(jnp.asarray(count) - transition_begin, 0)
+            steps = elapsed // transition_steps if staircase else _f32(elapsed) / transition_steps
         else:
-            exponent = elapsed.astype(jnp.float32) / transition_steps
-        value = _f32(init_value) * jnp.power(_f32(decay_rate), exponent)
+            elapsed = jnp.maximum(_f32(count) - transition_begin, 0)
+            steps = elapsed / transition_steps
+            steps = jnp.floor(steps) if staircase else steps
+        value = _f32(init_value) * jnp.power(_f32(decay_rate), _f32(steps))
         if end_value is not None:
             value = bound(value, _f32(end_value))
         return value
@@ -170,7 +151,7 @@ def per_epoch_decay(
     :func:`exponential_decay` with ``transition_steps = steps_per_epoch``.
 
     Args:
-      init_value: η_0, the value during the first epoch, >= 0.
+      init_value: η_0, the value during the first epoch.
       steps_per_epoch: integer >= 1, optimizer steps (minibatches) per epoch.
       factor: multiplier per epoch, in (0, 1].
 
@@ -184,7 +165,7 @@ def per_epoch_decay(
     """
     check_range("factor", factor, 0.0, 1.0, low_open=True)
     steps_per_epoch = check_int("steps_per_epoch", steps_per_epoch, 1)
-    return exponential_decay(init_value, factor, steps_per_epoch, staircase=True)
+    return exponential_decay(init_value, steps_per_epoch, factor, staircase=True)
 
 
 def step_decay(init_value: ArrayLike, step_size: int, gamma: ArrayLike = 0.1) -> Schedule:
@@ -194,7 +175,7 @@ def step_decay(init_value: ArrayLike, step_size: int, gamma: ArrayLike = 0.1) ->
     :func:`exponential_decay`.
 
     Args:
-      init_value: the value for the first ``step_size`` steps, >= 0.
+      init_value: the value for the first ``step_size`` steps.
       step_size: integer >= 1, steps between drops.
       gamma: multiplier per drop, in (0, 1].
 
@@ -208,12 +189,12 @@ def step_decay(init_value: ArrayLike, step_size: int, gamma: ArrayLike = 0.1) ->
     """
     check_range("gamma", gamma, 0.0, 1.0, low_open=True)
     step_size = check_int("step_size", step_size, 1)
-    return exponential_decay(init_value, gamma, step_size, staircase=True)
+    return exponential_decay(init_value, step_size, gamma, staircase=True)
 
 
-def cosine_decay(
+def cosine_decay_schedule(
         init_value: ArrayLike,
-        decay_steps: int,
+        decay_steps: float,
         alpha: ArrayLike = 0.0,
         exponent: ArrayLike = 1.0,
 ) -> Schedule:
@@ -225,23 +206,21 @@ def cosine_decay(
     Stochastic Gradient Descent with Warm Restarts", ICLR 2017.
 
     Args:
-      init_value: the value at step 0, >= 0.
-      decay_steps: integer >= 1, the length of the decay.
-      alpha: the final value as a fraction of ``init_value``, in [0, 1].
-      exponent: p > 0; larger values decay faster early on.
+      init_value: the value at step 0.
+      decay_steps: T > 0, the length of the decay.
+      alpha: the final value as a fraction of ``init_value``.
+      exponent: p; larger values decay faster early on.
 
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
     Example:
-      >>> schedule = cosine_decay(1.0, decay_steps=100, alpha=0.1)
+      >>> schedule = cosine_decay_schedule(1.0, decay_steps=100, alpha=0.1)
       >>> print(f"{schedule(0):.2f} {schedule(50):.2f} {schedule(100):.2f} {schedule(500):.2f}")
       1.00 0.55 0.10 0.10
     """
-    check_nonnegative("init_value", init_value)
-    decay_steps = check_int("decay_steps", decay_steps, 1)
-    check_range("alpha", alpha, 0.0, 1.0)
-    check_positive("exponent", exponent)
+    # A float: a Python int beyond int32 (1e10 steps) would overflow as a JAX integer.
+    decay_steps = float(check_positive("decay_steps", decay_steps))
 
     def schedule(count: ArrayLike) -> jax.Array:
         alpha32 = _f32(alpha)
@@ -251,7 +230,7 @@ def cosine_decay(
     return schedule
 
 
-def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
+def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     """Runs ``schedules`` one after another, switching at the step ``boundaries``.
 
     Math: for ``b_{i−1} <= count < b_i`` (with ``b_{−1} = 0``) the value is
@@ -259,14 +238,14 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
 
     Args:
       schedules: the schedules, in order.
-      boundaries: ``len(schedules) − 1`` strictly increasing integers >= 1, the steps at
-        which the next schedule takes over.
+      boundaries: ``len(schedules) − 1`` non-decreasing integers >= 0, the steps at which
+        the next schedule takes over.
 
     Returns:
-      A schedule ``count -> value`` returning a float32 scalar array when every part does.
+      A schedule ``count -> value``.
 
     Example:
-      >>> schedule = join([constant(1.0), exponential_decay(1.0, 0.5)], [10])
+      >>> schedule = join_schedules([constant_schedule(1.0), exponential_decay(1.0, 1, 0.5)], [10])
       >>> print(schedule(9), schedule(10), schedule(12))
       1.0 1.0 0.25
     """
@@ -281,8 +260,8 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
         )
     previous = 0
     for i, boundary in enumerate(boundaries):
-        why = f" (strictly increasing, after {previous})" if i else ""
-        previous = check_int(f"boundaries[{i}]", boundary, previous + 1, why=why)
+        why = f" (non-decreasing, from {previous})" if i else ""
+        previous = check_int(f"boundaries[{i}]", boundary, previous, why=why)
 
     def schedule(count: ArrayLike) -> jax.Array:
         count = jnp.asarray(count)
@@ -294,58 +273,59 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     return schedule
 
 
-def warmup_cosine(
+def warmup_cosine_decay_schedule(
         init_value: ArrayLike,
         peak_value: ArrayLike,
         warmup_steps: int,
         decay_steps: int,
         end_value: ArrayLike = 0.0,
+        exponent: ArrayLike = 1.0,
 ) -> Schedule:
     """Linear warm-up from ``init_value`` to ``peak_value``, then cosine decay to ``end_value``.
 
     Math: ``η_count = init_value + (peak_value − init_value) · count / W`` for
-    ``count < W = warmup_steps``, then :func:`cosine_decay` from ``peak_value`` to
-    ``end_value`` over the remaining ``decay_steps − W`` steps. As in Optax, ``decay_steps``
-    is the length of the whole schedule, warm-up included.
+    ``count < W = warmup_steps``, then :func:`cosine_decay_schedule` from ``peak_value`` to
+    ``end_value`` (``α = end_value / peak_value``, 0 for a zero peak) with ``exponent`` over
+    the remaining ``decay_steps − W`` steps. As in Optax, ``decay_steps`` is the length of the
+    whole schedule, warm-up included.
 
     Args:
-      init_value: the value at step 0, >= 0.
-      peak_value: the value reached at step ``warmup_steps``, >= 0.
-      warmup_steps: integer >= 1, the length of the warm-up.
+      init_value: the value at step 0.
+      peak_value: the value reached at step ``warmup_steps``.
+      warmup_steps: integer >= 0, the length of the warm-up.
       decay_steps: integer > ``warmup_steps``, the length of warm-up plus decay.
-      end_value: the value from step ``decay_steps`` on, in [0, peak_value].
+      end_value: the value from step ``decay_steps`` on.
+      exponent: the cosine's exponent p (see :func:`cosine_decay_schedule`).
 
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
     Example:
-      >>> schedule = warmup_cosine(0.0, 1.0, warmup_steps=10, decay_steps=110)
+      >>> schedule = warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=10, decay_steps=110)
       >>> print(f"{schedule(5):.2f} {schedule(10):.2f} {schedule(60):.2f} {schedule(110):.2f}")
       0.50 1.00 0.50 0.00
     """
-    check_nonnegative("init_value", init_value)
-    check_nonnegative("peak_value", peak_value)
-    warmup_steps = check_int("warmup_steps", warmup_steps, 1)
+    warmup_steps = check_int("warmup_steps", warmup_steps, 0)
     decay_steps = check_int(
         "decay_steps",
         decay_steps,
         warmup_steps + 1,
         why=" (warmup_steps + 1: it counts the warm-up)",
     )
-    check_range("end_value", end_value, 0.0, float(peak_value))
-    # end_value <= peak_value, so a zero peak forces a zero end and any alpha would do.
-    alpha = float(end_value) / float(peak_value) if peak_value > 0 else 0.0
-    return join(
-        [
-            _anneal(init_value, peak_value, warmup_steps, _linear_factor),
-            cosine_decay(peak_value, decay_steps - warmup_steps, alpha=alpha),
-        ],
+    alpha = 0.0 if peak_value == 0 else end_value / peak_value
+
+    def warmup(count: ArrayLike) -> jax.Array:
+        remaining = 1 - jnp.clip(_f32(count) / max(warmup_steps, 1), 0, 1)
+        return _f32(peak_value) + (_f32(init_value) - _f32(peak_value)) * remaining
+
+    return join_schedules(
+        [warmup, cosine_decay_schedule(peak_value, decay_steps - warmup_steps, alpha, exponent)],
         [warmup_steps],
     )
 
 
-def piecewise_constant(
-        init_value: ArrayLike, boundaries_and_scales: Mapping[int, ArrayLike]
+def piecewise_constant_schedule(
+        init_value: ArrayLike, boundaries_and_scales: Mapping[int, ArrayLike] | None = None
 ) -> Schedule:
     """Constant pieces: at each boundary step the value is multiplied by that boundary's scale.
 
@@ -353,23 +333,21 @@ def piecewise_constant(
     ``(b_i, s_i)`` of ``boundaries_and_scales``.
 
     Args:
-      init_value: the value before the first boundary, >= 0.
-      boundaries_and_scales: ``{boundary: scale}`` with integer boundaries >= 0 and
-        scales >= 0. The scales multiply: ``{100: 0.1, 200: 0.1}`` gives 0.01 · η from
-        step 200.
+      init_value: the value before the first boundary.
+      boundaries_and_scales: ``{boundary: scale}`` with scales >= 0. The scales multiply:
+        ``{100: 0.1, 200: 0.1}`` gives 0.01 · η from step 200.
 
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
     Example:
-      >>> schedule = piecewise_constant(1.0, {100: 0.5, 200: 0.5})
+      >>> schedule = piecewise_constant_schedule(1.0, {100: 0.5, 200: 0.5})
       >>> print(schedule(99), schedule(100), schedule(200))
       1.0 0.5 0.25
     """
-    check_nonnegative("init_value", init_value)
     pieces = []
-    for boundary, scale in dict(boundaries_and_scales).items():
-        boundary = check_int("boundaries_and_scales boundary", boundary, 0)
+    for boundary, scale in dict(boundaries_and_scales or {}).items():
+        check_range("boundaries_and_scales boundary", boundary)
         pieces.append((boundary, check_nonnegative(f"boundaries_and_scales[{boundary}]", scale)))
     pieces.sort(key=lambda piece: piece[0])
 
@@ -377,13 +355,16 @@ def piecewise_constant(
         count = jnp.asarray(count)
         value = _f32(init_value)
         for boundary, scale in pieces:
-            value = jnp.where(count >= boundary, value * _f32(scale), value)
+            # A fractional boundary is compared in float32: an integer count and a float
+            # have no implicit promotion under strict dtype rules.
+            at = count if isinstance(boundary, int) else _f32(count)
+            value = jnp.where(at >= boundary, value * _f32(scale), value)
         return value
 
     return schedule
 
 
-def one_cycle(
+def cosine_onecycle_schedule(
         transition_steps: int,
         peak_value: ArrayLike,
         pct_start: float = 0.3,
@@ -399,38 +380,46 @@ def one_cycle(
     Training of Neural Networks Using Large Learning Rates", 2017.
 
     Args:
-      transition_steps: integer >= 2, the length of the cycle.
-      peak_value: the largest value, reached at step S, >= 0.
-      pct_start: the fraction of the cycle spent rising, in (0, 1); S must be at least 1
-        and less than ``transition_steps``.
-      div_factor: ``peak_value / div_factor`` is the starting value; >= 1.
-      final_div_factor: the final value is the starting value divided by this; >= 1.
+      transition_steps: integer >= 1, the length of the cycle.
+      peak_value: the largest value, reached at step S.
+      pct_start: the fraction of the cycle spent rising, in [0, 1).
+      div_factor: ``peak_value / div_factor`` is the starting value; > 0.
+      final_div_factor: the final value is the starting value divided by this; > 0.
 
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
     Example:
-      >>> schedule = one_cycle(100, peak_value=1.0, pct_start=0.25, div_factor=10.0)
+      >>> schedule = cosine_onecycle_schedule(100, peak_value=1.0, pct_start=0.25, div_factor=10.0)
       >>> print(f"{schedule(0):.2f} {schedule(25):.2f} {schedule(100):.6f}")
       0.10 1.00 0.000010
     """
-    transition_steps = check_int("transition_steps", transition_steps, 2)
-    check_nonnegative("peak_value", peak_value)
-    check_range("pct_start", pct_start, 0.0, 1.0, low_open=True, high_open=True)
-    check_range("div_factor", div_factor, 1.0, math.inf, high_open=True)
-    check_range("final_div_factor", final_div_factor, 1.0, math.inf, high_open=True)
-    rise_steps = int(pct_start * transition_steps)
-    if not 1 <= rise_steps < transition_steps:
-        raise ValueError(
-            f"pct_start must give between 1 and transition_steps - 1 rising steps, got "
-            f"pct_start={pct_start!r} * transition_steps={transition_steps} -> {rise_steps}"
-        )
-    start_value = peak_value / div_factor
-    final_value = start_value / final_div_factor
-    return join(
-        [
-            _anneal(start_value, peak_value, rise_steps, _cosine_factor),
-            _anneal(peak_value, final_value, transition_steps - rise_steps, _cosine_factor),
-        ],
-        [rise_steps],
-    )
+    transition_steps = check_int("transition_steps", transition_steps, 1)
+    # At 1 Optax's two boundaries coincide and its schedule never reaches the peak.
+    check_range("pct_start", pct_start, 0.0, 1.0, high_open=True)
+    check_positive("div_factor", div_factor)
+    check_positive("final_div_factor", final_div_factor)
+    rise = int(pct_start * transition_steps)
+    start = peak_value / div_factor
+    end = start / final_div_factor
+
+    def half_cosine(count, first, last, begin, steps):
+        factor = _cosine_factor(_f32(count) - begin, max(steps, 1))
+        return _f32(last) + (_f32(first) - _f32(last)) * factor
+
+    def schedule(count: ArrayLike) -> jax.Array:
+        count = jnp.asarray(count)
+        rising = half_cosine(count, start, peak_value, 0, rise)
+        falling = half_cosine(count, peak_value, end, rise, transition_steps - rise)
+        return jnp.where(count < rise, rising, falling)
+
+    return schedule
+
+
+# The lesson's names for the same schedules.
+constant = constant_schedule
+cosine_decay = cosine_decay_schedule
+join = join_schedules
+one_cycle = cosine_onecycle_schedule
+piecewise_constant = piecewise_constant_schedule
+warmup_cosine = warmup_cosine_decay_schedule

@@ -14,7 +14,9 @@ The lesson writes momentum with the learning rate inside the velocity,
 With a constant η both are the same algorithm (the lesson's ``v`` is ``−η`` times the
 heavy-ball trace). Once η changes they differ: the lesson's velocity remembers each past
 gradient scaled by the learning rate *of its own step*, heavy-ball rescales the whole trace
-by the *current* learning rate. ``scale_by_velocity`` implements the lesson's form.
+by the *current* learning rate. ``scale_by_velocity`` implements the lesson's form;
+``trace`` is Optax's heavy-ball transform (name, arguments, state), ``scale_by_momentum`` the
+lesson's name for it.
 """
 
 from __future__ import annotations
@@ -22,18 +24,18 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import check_nonnegative, check_range, resolve
-from jaxtricks.tricks.base import zeros_like_tree
-from jaxtricks.tricks.tree import check_float_leaves, check_same_structure, like
+from jaxtricks.tricks._checks import check_nonnegative, check_range, is_schedule, resolve
+from jaxtricks.tricks.base import canonical_dtype, zero_count, zeros_like_tree
+from jaxtricks.tricks.tree import check_inexact_leaves, check_same_structure, like
 
 
-class MomentumState(NamedTuple):
-    """State of :func:`scale_by_momentum`."""
+class TraceWithCountState(NamedTuple):
+    """State of :func:`trace` when ``decay`` is a schedule (``optax.TraceState`` plus the step
+    count the schedule reads)."""
 
-    count: jax.Array  # shape=(), int32, steps taken (for schedules)
+    count: jax.Array  # shape=(), int32
     trace: optax.Updates  # like params, dtype accumulator_dtype or the params' dtype
 
 
@@ -44,28 +46,31 @@ class VelocityState(NamedTuple):
     velocity: optax.Updates  # like params, the lesson's v (already includes −η)
 
 
-def scale_by_momentum(
-    decay: Any = 0.9,
-    *,
+def trace(
+    decay: Any,
     nesterov: bool = False,
     accumulator_dtype: Any | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Heavy-ball or Nesterov momentum on the gradients, learning rate not included.
 
-    Math: ``v_t = g_t + γ v_{t-1}``; returns ``v_t`` (heavy-ball) or ``g_t + γ v_t``
-    (Nesterov). Chain with :func:`scale_by_learning_rate` to take a step.
+    Optax's ``trace``. Math: ``v_t = g_t + γ v_{t-1}``; returns ``v_t`` (heavy-ball) or
+    ``g_t + γ v_t`` (Nesterov, Sutskever et al. 2013). Chain with
+    :func:`scale_by_learning_rate` to take a step.
 
     Args:
-      decay: γ in [0, 1]; 0 is plain SGD, 1 is pure motion. A float or a schedule.
+      decay: γ in [0, 1]; 0 is plain SGD, 1 is pure motion. A float, a scalar array or a
+        schedule.
       nesterov: use Nesterov's look-ahead form.
       accumulator_dtype: dtype of the trace; ``None`` uses each parameter's dtype.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`MomentumState`.
+      An ``optax.GradientTransformationExtraArgs`` whose state is an
+      ``optax.TraceState(trace)`` (a :class:`TraceWithCountState` when ``decay`` is a
+      schedule).
 
     Example:
       >>> import jax.numpy as jnp
-      >>> tx = scale_by_momentum(0.5)
+      >>> tx = trace(0.5)
       >>> state = tx.init(jnp.zeros(2))
       >>> u, state = tx.update(jnp.ones(2), state)
       >>> u, state = tx.update(jnp.ones(2), state)
@@ -73,32 +78,68 @@ def scale_by_momentum(
       [1.5, 1.5]
     """
     check_range("decay", decay, 0.0, 1.0)
+    accumulator_dtype = canonical_dtype(accumulator_dtype)
+    scheduled = is_schedule(decay)
 
     def init_fn(params):
-        check_float_leaves("params", params)
-        return MomentumState(
-            count=jnp.zeros((), jnp.int32), trace=zeros_like_tree(params, accumulator_dtype)
-        )
+        check_inexact_leaves("params", params)
+        velocity = zeros_like_tree(params, accumulator_dtype)
+        if scheduled:
+            return TraceWithCountState(count=zero_count(), trace=velocity)
+        return optax.TraceState(trace=velocity)
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
         check_same_structure("updates", updates, "the momentum trace", state.trace)
-        check_float_leaves("updates", updates)
-        gamma = resolve(decay, state.count)
-        trace = jax.tree.map(
+        check_inexact_leaves("updates", updates)
+        gamma = resolve(decay, state.count) if scheduled else decay
+        new_trace = jax.tree.map(
             lambda g, t: g.astype(t.dtype) + like(gamma, t) * t, updates, state.trace
         )
         if nesterov:
             out = jax.tree.map(
                 lambda g, t: (g.astype(t.dtype) + like(gamma, t) * t).astype(g.dtype),
                 updates,
-                trace,
+                new_trace,
             )
         else:
-            out = jax.tree.map(lambda g, t: t.astype(g.dtype), updates, trace)
-        return out, MomentumState(count=optax.safe_increment(state.count), trace=trace)
+            out = jax.tree.map(lambda g, t: t.astype(g.dtype), updates, new_trace)
+        if scheduled:
+            return out, TraceWithCountState(
+                count=optax.safe_increment(state.count), trace=new_trace
+            )
+        return out, optax.TraceState(trace=new_trace)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def scale_by_momentum(
+    decay: Any = 0.9,
+    *,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """The lesson's name for :func:`trace`, with a default momentum of 0.9.
+
+    Math: ``v_t = g_t + γ v_{t-1}``; returns ``v_t`` (heavy-ball) or ``g_t + γ v_t``
+    (Nesterov).
+
+    Args:
+      decay: γ in [0, 1], a float or a schedule.
+      nesterov: use Nesterov's look-ahead form.
+      accumulator_dtype: dtype of the trace; ``None`` uses each parameter's dtype.
+
+    Returns:
+      :func:`trace`'s transform.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_momentum(0.5, nesterov=True)
+      >>> u, _ = tx.update(jnp.ones(1), tx.init(jnp.zeros(1)))
+      >>> u.tolist()
+      [1.5]
+    """
+    return trace(decay, nesterov, accumulator_dtype)
 
 
 def scale_by_velocity(
@@ -106,7 +147,7 @@ def scale_by_velocity(
     momentum: Any = 0.9,
     *,
     accumulator_dtype: Any | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """The lesson's momentum, with the learning rate inside the velocity.
 
     Math: ``v_t = γ v_{t-1} − η_t g_t``; returns ``v_t``, so that
@@ -122,7 +163,7 @@ def scale_by_velocity(
       accumulator_dtype: dtype of the velocity; ``None`` uses each parameter's dtype.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is a :class:`VelocityState`.
+      An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`VelocityState`.
 
     Example:
       >>> import jax.numpy as jnp
@@ -135,17 +176,18 @@ def scale_by_velocity(
     """
     check_nonnegative("learning_rate", learning_rate)
     check_range("momentum", momentum, 0.0, 1.0)
+    accumulator_dtype = canonical_dtype(accumulator_dtype)
 
     def init_fn(params):
-        check_float_leaves("params", params)
+        check_inexact_leaves("params", params)
         return VelocityState(
-            count=jnp.zeros((), jnp.int32), velocity=zeros_like_tree(params, accumulator_dtype)
+            count=zero_count(), velocity=zeros_like_tree(params, accumulator_dtype)
         )
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
         check_same_structure("updates", updates, "the velocity", state.velocity)
-        check_float_leaves("updates", updates)
+        check_inexact_leaves("updates", updates)
         eta = resolve(learning_rate, state.count)
         gamma = resolve(momentum, state.count)
         velocity = jax.tree.map(
@@ -156,4 +198,4 @@ def scale_by_velocity(
         out = jax.tree.map(lambda g, v: v.astype(g.dtype), updates, velocity)
         return out, VelocityState(count=optax.safe_increment(state.count), velocity=velocity)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

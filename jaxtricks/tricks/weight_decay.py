@@ -15,32 +15,41 @@ gradient. For plain SGD the two coincide.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import optax
 
-from jaxtricks.tricks._checks import check_nonnegative, resolve
-from jaxtricks.tricks.base import CountState, init_count
+from jaxtricks.tricks._checks import check_nonnegative
+from jaxtricks.tricks.base import stateless_unless_scheduled
 from jaxtricks.tricks.tree import check_same_structure, like
 
 
+class WeightDecaySchedule(NamedTuple):
+    """State of :func:`add_decayed_weights` with a scheduled λ (the name and field of the
+    state Optax's ``add_decayed_weights`` keeps then)."""
+
+    count: jax.Array  # shape=(), int32
+
+
 def add_decayed_weights(
-    weight_decay: Any = 0.0,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
     mask: Any | Callable[[Any], Any] | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Adds ``λ w`` to the updates (decoupled weight decay when placed after the scaling).
 
     Math: ``u = g + λ_t w``.
 
     Args:
-      weight_decay: λ ≥ 0, a float or a schedule.
-      mask: a pytree of booleans like the params, or a function ``params -> such a tree``;
-        only leaves marked True are decayed (commonly: kernels yes, biases and norms no).
-        Implemented with ``optax.masked``.
+      weight_decay: λ ≥ 0, a float, a scalar array or a schedule.
+      mask: a pytree of booleans like the params (or a prefix of it), or a function
+        ``params -> such a tree``; only leaves marked True are decayed (commonly: kernels
+        yes, biases and norms no). Implemented with ``optax.masked``.
 
     Returns:
-      An ``optax.GradientTransformation``; it needs ``params`` in ``update``.
+      An ``optax.GradientTransformationExtraArgs``; it needs ``params`` in ``update``. Its
+      state is ``optax.EmptyState()``, or :class:`WeightDecaySchedule` for a scheduled λ
+      (inside ``optax.MaskedState`` with a mask), as in Optax.
 
     Example:
       >>> import jax.numpy as jnp
@@ -52,24 +61,29 @@ def add_decayed_weights(
     """
     check_nonnegative("weight_decay", weight_decay)
 
-    def update_fn(updates, state, params=None):
+    def decay(updates, params, weight_decay):
         if params is None:
             raise ValueError(
                 "add_decayed_weights needs the parameters: call update(updates, state, params)"
             )
-        check_same_structure("updates", updates, "params", params)
-        decay = resolve(weight_decay, state.count)
-        decayed = jax.tree.map(lambda g, w: g + like(decay, g) * w.astype(g.dtype), updates, params)
-        return decayed, CountState(count=optax.safe_increment(state.count))
+        check_same_structure("updates", updates, "params", params, none_is_prefix=True)
+        return jax.tree.map(
+            lambda g, w: None if g is None else g + like(weight_decay, g) * w.astype(g.dtype),
+            updates,
+            params,
+            is_leaf=lambda node: node is None,
+        )
 
-    transform = optax.GradientTransformation(init_count, update_fn)
+    transform = stateless_unless_scheduled(
+        decay, {"weight_decay": weight_decay}, count_state=WeightDecaySchedule
+    )
     return transform if mask is None else optax.masked(transform, mask)
 
 
 def add_l2_penalty(
     coefficient: Any = 0.0,
     mask: Any | Callable[[Any], Any] | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Adds the gradient of the L2 penalty ``(λ/2)‖w‖²`` to the gradient (coupled L2).
 
     Math: ``g' = g + λ w``. Place it *first* in a chain, before momentum or adaptive
@@ -81,7 +95,7 @@ def add_l2_penalty(
       mask: as in :func:`add_decayed_weights`.
 
     Returns:
-      An ``optax.GradientTransformation``; it needs ``params`` in ``update``.
+      :func:`add_decayed_weights`'s transform; it needs ``params`` in ``update``.
 
     Example:
       >>> import jax.numpy as jnp

@@ -396,7 +396,6 @@ BAD_INVOCATIONS = {
     "model-unknown": (["--model", "vgg"], "--model", None),
     "optimizer-unknown": (["--optimizer", "adamm"], "--optimizer", None),
     "schedule-unknown": (["--schedule", "linear"], "--schedule", None),
-    "schedule-one-cycle-over-2-steps": (["--schedule", "one_cycle"], "--schedule", None),
     "clip-unknown": (["--clip", "always"], "--clip", None),
     "scaling-unknown": (["--scaling", "minmax"], "--scaling", None),
     "activation-unknown": (["--activation", "swish"], "--activation", None),

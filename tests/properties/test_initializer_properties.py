@@ -21,10 +21,10 @@ from jaxtricks.tricks import initializers
 INITIALIZERS = {
     name: initializers.get(name) for name in initializers.NAMES if name != "variance_scaling"
 } | {
-    "lecun_normal_truncated": initializers.lecun_normal(distribution="truncated_normal"),
     "he_normal_leaky": initializers.he_normal(negative_slope=0.2),
     "normal_stddev": initializers.normal(0.1),
     "uniform_scale": initializers.uniform(0.5),
+    "truncated_normal_bounds": initializers.truncated_normal(0.5, lower=-1.0, upper=3.0),
     "orthogonal_first_axis": initializers.orthogonal(2.0, column_axis=0),
 }
 CONSTANT = {"zeros", "ones"}

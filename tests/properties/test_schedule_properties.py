@@ -1,6 +1,7 @@
 """Properties of every learning-rate schedule, for random hyperparameters and step counts.
 
-Every schedule returns a finite, non-negative float32 scalar, the same under ``jit`` and
+Every schedule returns a finite, non-negative float32 scalar (``constant_schedule``, as
+Optax's, returns its value as given), the same under ``jit`` and
 ``vmap`` as called eagerly one count at a time, and is monotone where its docstring says so:
 the decays never increase, a warm-up or the rise of a one-cycle never decreases. The lesson's
 ×0.98-per-epoch decay equals its closed form ``η₀ · 0.98^⌊t / steps_per_epoch⌋``.
@@ -63,14 +64,14 @@ def exponential_decays(draw):
     staircase = draw(st.booleans())
     if draw(st.booleans()):
         return case(
-            jt.exponential_decay, draw(VALUES), draw(st.floats(0.01, 1.0)), draw(STEPS),
+            jt.exponential_decay, draw(VALUES), draw(STEPS), draw(st.floats(0.01, 1.0)),
             transition_begin=begin, staircase=staircase,
             end_value=draw(st.one_of(st.none(), VALUES)),
         )
     # A growth overflows float32 unless bounded: its end_value is not optional here.
     return case(
-        jt.exponential_decay, draw(st.floats(0.01, 10.0)), draw(st.floats(1.0, 2.0)),
-        draw(STEPS), transition_begin=begin, staircase=staircase, end_value=draw(VALUES),
+        jt.exponential_decay, draw(st.floats(0.01, 10.0)), draw(STEPS), draw(st.floats(1.0, 2.0)),
+        transition_begin=begin, staircase=staircase, end_value=draw(VALUES),
         peak=COUNTS,
     )
 
@@ -101,7 +102,7 @@ def one_cycles(draw):
 
 
 SCHEDULES = {
-    "constant": st.builds(lambda v: case(jt.constant, v), VALUES),
+    "constant": st.builds(lambda v: case(jt.constant, jnp.float32(v)), VALUES),
     "exponential_decay": exponential_decays(),
     "per_epoch_decay": st.builds(
         lambda v, n, f: case(jt.per_epoch_decay, v, n, f), VALUES, STEPS, st.floats(0.01, 1.0)
@@ -146,10 +147,12 @@ def test_jit_and_vmap_equal_eager_calls(name, data):
     schedule = data.draw(SCHEDULES[name]).schedule
     counts = data.draw(st.lists(st.integers(0, COUNTS - 1), min_size=1, max_size=4))
     values = curve(schedule)
-    # Cosines near their bottom cancel: roundings are relative to the schedule's scale. A fused
-    # (jitted) computation on XLA:CPU flushes subnormal intermediates to zero, so values below
-    # float32's smallest normal number may come out as 0 there and not eagerly.
-    tol = max(4 * F32_EPS * values.max(), float(jnp.finfo(jnp.float32).tiny))
+    # Cosines near their bottom cancel: roundings are relative to the schedule's scale, and the
+    # fused (jitted) cosine is a vectorized approximation whose error depends on the CPU's
+    # instructions (8 eps of the peak seen on an AVX-512 Xeon). A fused computation on XLA:CPU
+    # also flushes subnormal intermediates to zero, so values below float32's smallest normal
+    # number may come out as 0 there and not eagerly.
+    tol = max(16 * F32_EPS * values.max(), float(jnp.finfo(jnp.float32).tiny))
     jitted = jax.jit(schedule)
     for count in counts:
         eager = schedule(jnp.int32(count))

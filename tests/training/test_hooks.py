@@ -35,7 +35,7 @@ from jaxtricks.training.state import create_train_state
 from jaxtricks.training.steps import evaluate, make_eval_step
 from jaxtricks.tricks.averaging import ema_params, polyak_params, swa_params
 from jaxtricks.tricks.diagnostics import gradient_health, update_health
-from jaxtricks.tricks.plateau import plateau_states, reduce_on_plateau, scale_by_plateau
+from jaxtricks.tricks.plateau import epoch_plateau, plateau_states, scale_by_plateau
 
 MODEL = TinyNet()  # batch norm and dropout
 TRAIN_IMAGES, TRAIN_LABELS = toy_problem(seed=4, num_examples=96)  # 3 steps of 32
@@ -328,7 +328,7 @@ def test_early_stopping_on_the_averaged_metric_restores_averaged_params():
 
 
 def test_reduce_on_plateau_scales_the_following_epochs():
-    plateau = reduce_on_plateau(factor=0.5, patience=1, min_delta=NEVER)
+    plateau = epoch_plateau(factor=0.5, patience=1, min_delta=NEVER)
     optimizer = optax.chain(OPTIMIZER, scale_by_plateau(plateau))
     state, history = run(PlateauHook(plateau), epochs=4, optimizer=optimizer)
     # Epoch 1 improves; every later one reduces: the scale used is 1, 1, 0.5, 0.25.
@@ -341,7 +341,7 @@ def test_reduce_on_plateau_scales_the_following_epochs():
 
 
 def test_the_plateau_may_watch_a_training_metric():
-    plateau = reduce_on_plateau(factor=0.5, patience=1, min_delta=NEVER)
+    plateau = epoch_plateau(factor=0.5, patience=1, min_delta=NEVER)
     optimizer = optax.chain(OPTIMIZER, scale_by_plateau(plateau))
     _, history = run(PlateauHook(plateau, monitor="loss"), epochs=3, optimizer=optimizer,
                      validation=False)
@@ -352,7 +352,7 @@ def test_the_plateau_may_watch_a_training_metric():
 def test_all_tricks_together_on_a_mesh():
     """The tricks compose, and the plateau state written between epochs (outside the compiled
     runner) is accepted by the runner compiled for the mesh's layout."""
-    plateau = reduce_on_plateau(factor=0.5, patience=1, min_delta=NEVER)
+    plateau = epoch_plateau(factor=0.5, patience=1, min_delta=NEVER)
     state, history = run(
         PlateauHook(plateau),
         AveragingHook(ema_params(0.5)),
@@ -392,8 +392,8 @@ def test_a_hook_given_to_a_second_run_starts_afresh():
         (lambda: EarlyStoppingHook(patience=0), "patience"),
         (lambda: EarlyStoppingHook(mode="up"), "mode"),
         (lambda: EarlyStoppingHook(min_delta=-1.0), "min_delta"),
-        (lambda: PlateauHook(reduce_on_plateau(), monitor="test_loss"), "monitor"),
-        (lambda: PlateauHook(0.1), "plateau must be a ReduceOnPlateau"),
+        (lambda: PlateauHook(epoch_plateau(), monitor="test_loss"), "monitor"),
+        (lambda: PlateauHook(0.1), "plateau must be an EpochPlateau"),
         (lambda: AveragingHook("ema"), "averaging must be a ParamAveraging"),
         (lambda: EvaluationHook("val", TEST_IMAGES, TEST_LABELS), "other than 'val'"),
         (lambda: EvaluationHook("test set", TEST_IMAGES, TEST_LABELS), "identifier"),
@@ -414,7 +414,7 @@ def test_invalid_hook_arguments_are_refused(make, message):
          "records no 'val_loss' \\(fit has no validation data"),
         (lambda: [EarlyStoppingHook("val_bogus")], {}, "records no 'val_bogus'"),
         (lambda: [EarlyStoppingHook("val_loss_averaged")], {}, "records no 'val_loss_averaged'"),
-        (lambda: [PlateauHook(reduce_on_plateau())], {}, "scale_by_plateau"),
+        (lambda: [PlateauHook(epoch_plateau())], {}, "scale_by_plateau"),
         (lambda: [EvaluationHook("t", TEST_IMAGES, TEST_LABELS)] * 2, {}, "already evaluates"),
         (lambda: ["save"], {}, "callbacks must be hooks or functions"),
     ],
@@ -467,7 +467,7 @@ def test_resuming_with_other_hooks_than_the_checkpoint_is_refused(tmp_path):
 
 
 def test_resuming_with_reduce_on_plateau_alone_equals_the_uninterrupted_run(tmp_path):
-    plateau = reduce_on_plateau(factor=0.5, patience=1, min_delta=NEVER)
+    plateau = epoch_plateau(factor=0.5, patience=1, min_delta=NEVER)
     optimizer = optax.chain(OPTIMIZER, scale_by_plateau(plateau))
     expected_state, expected_history = run(PlateauHook(plateau), optimizer=optimizer, epochs=4)
     run(PlateauHook(plateau), CheckpointHook(tmp_path, every_steps=2, keep=100),

@@ -13,8 +13,8 @@ Two guards are checked. (a) The train step's ``skip_nonfinite=True`` (also throu
 parameters, Adam's moments and the batch statistics come out bit-identical, ``skipped`` counts
 the step and the loss goes on falling. (b) The optimizer wrapper ``jt.skip_nonfinite(jt.adam)``
 with the train step's own check off: parameters and moments are untouched and
-``opt_state.skipped`` counts; it sees only gradients, so a NaN *input* still poisons the batch
-statistics, which is what the train step's check is for.
+``opt_state.total_notfinite`` counts; it sees only gradients, so a NaN *input* still poisons the
+batch statistics, which is what the train step's check is for.
 """
 
 
@@ -30,7 +30,7 @@ import pytest
 import jaxtricks as jt
 from jaxtricks.models import CNN
 from jaxtricks.training import create_train_state, epoch_indices, fit, make_train_step
-from jaxtricks.tricks.plateau import plateau_states, reduce_on_plateau, scale_by_plateau
+from jaxtricks.tricks.plateau import epoch_plateau, plateau_states, scale_by_plateau
 
 BATCH = 32
 LEARNING_RATE = 3e-3
@@ -250,14 +250,14 @@ def test_optimizer_wrapper_skips_overflowing_gradients_without_the_train_step_ch
         assert not np.isfinite(float(metrics["grad_norm"]))
         assert_bit_identical(state.params, before.params)
         assert_bit_identical(state.opt_state.inner_state, before.opt_state.inner_state)
-        assert int(state.opt_state.skipped) == int(before.opt_state.skipped) + 1
+        assert int(state.opt_state.total_notfinite) == int(before.opt_state.total_notfinite) + 1
         assert not bool(state.opt_state.last_finite)
         # The forward pass was finite: batch statistics moved on as in any step.
         assert all_finite(state.model_state)
         survived += 1
         state = reset_loss_scale(state)
         losses.append(np.nan)
-    assert survived == int(state.opt_state.skipped) == len(poisoned_steps)
+    assert survived == int(state.opt_state.total_notfinite) == len(poisoned_steps)
     assert all_finite(state.params) and all_finite(state.opt_state)
     means = segment_means(np.array(losses), poisoned_steps)
     assert decreasing(means), means
@@ -274,14 +274,14 @@ def test_optimizer_wrapper_cannot_guard_batch_statistics_from_a_bad_input(value)
     state, _ = train_step(state, (images, batch(3)[1]))
     assert_bit_identical(state.params, before.params)
     assert_bit_identical(state.opt_state.inner_state, before.opt_state.inner_state)
-    assert int(state.opt_state.skipped) == 1
+    assert int(state.opt_state.total_notfinite) == 1
     assert all_finite(before.model_state) and not all_finite(state.model_state)
 
 
 def test_an_infinity_the_optimizer_state_holds_on_purpose_is_not_a_bad_step():
     """A plateau's best metric is +inf until one is observed: steps that keep it are applied,
     while a step that writes a new infinity is still skipped."""
-    optimizer = optax.chain(ADAM, scale_by_plateau(reduce_on_plateau()))
+    optimizer = optax.chain(ADAM, scale_by_plateau(epoch_plateau()))
     train_step = make_train_step(MODEL, optimizer, skip_nonfinite=True)
     state = initial_state(optimizer)
     assert float(plateau_states(state.opt_state)[0].best_metric) == np.inf

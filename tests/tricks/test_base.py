@@ -1,50 +1,81 @@
-"""Tests for jaxtricks.tricks.base: the step counter and zero-filled state."""
+"""Tests for jaxtricks.tricks.base: stateless transforms, the schedules' step count, zeros."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from jaxtricks.tricks.base import CountState, init_count, zeros_like_tree
-from jaxtricks.tricks.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
+from jaxtricks.tricks.base import stateless_unless_scheduled, zeros_like_tree
+from jaxtricks.tricks.clipping import clip, clip_by_global_norm, clip_by_norm
 from jaxtricks.tricks.learning_rate import scale_by_learning_rate
-from jaxtricks.tricks.normalized_gradient import normalize_by_global_norm
-from jaxtricks.tricks.weight_decay import add_decayed_weights
+from jaxtricks.tricks.normalized_gradient import normalize_by_update_norm
+from jaxtricks.tricks.weight_decay import WeightDecaySchedule, add_decayed_weights
 
 INT32_MAX = np.iinfo(np.int32).max
 
-COUNT_TRANSFORMS = {
-    "clip_by_value": lambda: clip_by_value(1.0),
-    "clip_by_norm": lambda: clip_by_norm(1.0),
-    "clip_by_global_norm": lambda: clip_by_global_norm(1.0),
-    "normalize_by_global_norm": lambda: normalize_by_global_norm(),
-    "scale_by_learning_rate": lambda: scale_by_learning_rate(0.1),
-    "add_decayed_weights": lambda: add_decayed_weights(0.1),
+# Each stateless transform, built from a number and from a schedule (count -> number).
+STATELESS = {
+    "clip": clip,
+    "clip_by_norm": clip_by_norm,
+    "clip_by_global_norm": clip_by_global_norm,
+    "normalize_by_update_norm": normalize_by_update_norm,
+    "scale_by_learning_rate": scale_by_learning_rate,
+    "add_decayed_weights": add_decayed_weights,
 }
+PARAMS = {"w": jnp.array([0.5, -2.0])}
+GRADS = {"w": jnp.array([1.0, 3.0])}
 
 
-@pytest.mark.parametrize("params", [None, jnp.ones(3), {"a": jnp.ones((2, 2)), "b": None}])
-def test_init_count_starts_at_zero_whatever_the_params(params):
-    state = init_count(params)
-    assert isinstance(state, CountState)
-    assert state.count.shape == ()
-    assert state.count.dtype == jnp.int32
-    assert int(state.count) == 0
+@pytest.mark.parametrize("name", list(STATELESS))
+def test_with_a_number_the_state_is_optax_empty_state_and_none_works(name):
+    tx = STATELESS[name](0.5)
+    state = tx.init(PARAMS)
+    assert state == optax.EmptyState()
+    with_state, new_state = tx.update(GRADS, state, PARAMS)
+    assert new_state == optax.EmptyState()
+    # As in Optax, a stateless transform never reads its state.
+    without_state, none = tx.update(GRADS, None, PARAMS)
+    assert none is None
+    np.testing.assert_array_equal(np.asarray(without_state["w"]), np.asarray(with_state["w"]))
 
 
-@pytest.mark.parametrize("name", list(COUNT_TRANSFORMS))
-def test_count_state_transforms_count_steps_and_saturate(name):
-    tx = COUNT_TRANSFORMS[name]()
-    params = {"w": jnp.array([0.5, -2.0])}
-    grads = {"w": jnp.array([1.0, 3.0])}
-    state = tx.init(params)
+@pytest.mark.parametrize("name", list(STATELESS))
+def test_with_a_schedule_the_state_counts_steps_and_saturates(name):
+    tx = STATELESS[name](lambda count: 0.5)
+    state = tx.init(PARAMS)
+    expected_type = optax.ScaleByScheduleState
+    if name == "add_decayed_weights":
+        expected_type = WeightDecaySchedule
+    assert type(state) is expected_type
     for expected in (1, 2, 3):
-        _, state = tx.update(grads, state, params)
+        _, state = tx.update(GRADS, state, PARAMS)
         assert int(state.count) == expected
     # At the largest int32 the counter stays put instead of wrapping to a negative step.
-    _, state = tx.update(grads, CountState(count=jnp.asarray(INT32_MAX, jnp.int32)), params)
+    _, state = tx.update(GRADS, expected_type(count=jnp.asarray(INT32_MAX, jnp.int32)), PARAMS)
     assert state.count.dtype == jnp.int32
     assert int(state.count) == INT32_MAX
+
+
+def test_stateless_unless_scheduled_reads_each_schedule_at_the_count():
+    seen = []
+
+    def update(updates, params, a, b):
+        seen.append((float(a), b))
+        return updates
+
+    tx = stateless_unless_scheduled(update, {"a": lambda count: 2 * count, "b": "fixed"})
+    state = tx.init(None)
+    for _ in range(3):
+        _, state = tx.update(GRADS, state, unexpected_extra_argument=1)
+    assert seen == [(0.0, "fixed"), (2.0, "fixed"), (4.0, "fixed")]
+
+
+def test_stateless_unless_scheduled_can_check_the_params():
+    tx = stateless_unless_scheduled(lambda updates, params: updates, {}, check_params=True)
+    assert tx.init({"w": jnp.ones(2, jnp.complex64)}) == optax.EmptyState()
+    with pytest.raises(TypeError, match="params must hold floating-point"):
+        tx.init({"w": jnp.ones(2, jnp.int32)})
 
 
 def test_zeros_like_tree_keeps_structure_shapes_and_each_leaf_dtype():

@@ -122,6 +122,7 @@ NONNEGATIVE = (-0.1, math.nan)
 # (factory, argument name, bad values, build: value -> transform with that argument set)
 FACTORY_ARGUMENTS = [
     ("scale_by_momentum", "decay", CLOSED_UNIT, lambda v: velocity.scale_by_momentum(v)),
+    ("trace", "decay", CLOSED_UNIT, lambda v: velocity.trace(v)),
     ("scale_by_velocity", "learning_rate", LEARNING_RATE, lambda v: velocity.scale_by_velocity(v)),
     ("scale_by_velocity", "momentum", CLOSED_UNIT, lambda v: velocity.scale_by_velocity(0.1, v)),
     (
@@ -131,6 +132,21 @@ FACTORY_ARGUMENTS = [
         lambda v: adaptive.scale_by_adagrad(initial_accumulator_value=v),
     ),
     ("scale_by_adagrad", "eps", POSITIVE, lambda v: adaptive.scale_by_adagrad(eps=v)),
+    (
+        "scale_by_rss",
+        "initial_accumulator_value",
+        NONNEGATIVE,
+        lambda v: adaptive.scale_by_rss(initial_accumulator_value=v),
+    ),
+    ("scale_by_rss", "eps", POSITIVE, lambda v: adaptive.scale_by_rss(eps=v)),
+    ("scale_by_stddev", "decay", OPEN_UNIT, lambda v: adaptive.scale_by_stddev(decay=v)),
+    ("scale_by_stddev", "eps", POSITIVE, lambda v: adaptive.scale_by_stddev(eps=v)),
+    (
+        "scale_by_stddev",
+        "initial_scale",
+        NONNEGATIVE,
+        lambda v: adaptive.scale_by_stddev(initial_scale=v),
+    ),
     ("scale_by_rms", "decay", OPEN_UNIT, lambda v: adaptive.scale_by_rms(decay=v)),
     ("scale_by_rms", "eps", POSITIVE, lambda v: adaptive.scale_by_rms(eps=v)),
     (
@@ -144,9 +160,17 @@ FACTORY_ARGUMENTS = [
     ("scale_by_adam", "eps", POSITIVE, lambda v: adaptive.scale_by_adam(eps=v)),
     ("scale_by_adam", "eps_root", NONNEGATIVE, lambda v: adaptive.scale_by_adam(eps_root=v)),
     ("clip_by_value", "max_delta", POSITIVE, lambda v: clipping.clip_by_value(v)),
+    ("clip", "max_delta", POSITIVE, lambda v: clipping.clip(v)),
     ("clip_by_norm", "max_norm", POSITIVE, lambda v: clipping.clip_by_norm(v)),
     ("clip_by_global_norm", "max_norm", POSITIVE, lambda v: clipping.clip_by_global_norm(v)),
     ("normalize_by_global_norm", "eps", POSITIVE, lambda v: ng.normalize_by_global_norm(v)),
+    ("normalize_by_update_norm", "eps", POSITIVE, lambda v: ng.normalize_by_update_norm(1.0, v)),
+    (
+        "normalize_by_update_norm",
+        "scale_factor",
+        (0.0, math.nan, math.inf),
+        lambda v: ng.normalize_by_update_norm(v),
+    ),
     (
         "scale_by_learning_rate",
         "learning_rate",
@@ -185,6 +209,7 @@ FACTORY_ARGUMENTS = [
     ("rmsprop", "eps", POSITIVE, lambda v: optimizers.rmsprop(0.1, eps=v)),
     ("rmsprop", "initial_scale", NONNEGATIVE, lambda v: optimizers.rmsprop(0.1, initial_scale=v)),
     ("rmsprop", "momentum", CLOSED_UNIT, lambda v: optimizers.rmsprop(0.1, momentum=v)),
+    ("sgd", "momentum", CLOSED_UNIT, lambda v: optimizers.sgd(0.1, momentum=v)),
     ("adam", "learning_rate", LEARNING_RATE, lambda v: optimizers.adam(v)),
     ("adam", "b1", OPEN_UNIT, lambda v: optimizers.adam(0.1, b1=v)),
     ("adam", "b2", OPEN_UNIT, lambda v: optimizers.adam(0.1, b2=v)),

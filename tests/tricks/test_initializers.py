@@ -54,7 +54,9 @@ def orthogonal_variance(gain):
 
 
 LEAKY = 2 / (1 + 0.2**2)
-# (id, factory() -> init, shape -> documented variance)
+# The variance of N(0, 1) cut at ±2 (JAX's truncated_normal, before any widening).
+CUT_VARIANCE = 1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(math.sqrt(2))
+# (id, factory() -> init, shape -> documented variance); all of them have mean 0.
 CASES = [
     *(
         (
@@ -67,14 +69,11 @@ CASES = [
     ),
     ("lecun_normal", ini.lecun_normal, scaled_variance(1.0, "fan_in")),
     ("lecun_uniform", ini.lecun_uniform, scaled_variance(1.0, "fan_in")),
-    (
-        "lecun_normal-truncated",
-        functools.partial(ini.lecun_normal, distribution="truncated_normal"),
-        scaled_variance(1.0, "fan_in"),
-    ),
     ("glorot_normal", ini.glorot_normal, scaled_variance(1.0, "fan_avg")),
+    ("glorot_normal_untruncated", ini.glorot_normal_untruncated, scaled_variance(1.0, "fan_avg")),
     ("glorot_uniform", ini.glorot_uniform, scaled_variance(1.0, "fan_avg")),
     ("he_normal", ini.he_normal, scaled_variance(2.0, "fan_in")),
+    ("he_normal_untruncated", ini.he_normal_untruncated, scaled_variance(2.0, "fan_in")),
     ("he_uniform", ini.he_uniform, scaled_variance(2.0, "fan_in")),
     (
         "he_normal-leaky-0.2",
@@ -87,17 +86,25 @@ CASES = [
         scaled_variance(LEAKY, "fan_in"),
     ),
     ("gaussian", ini.gaussian, scaled_variance(1.0, "fan_in")),
-    ("normal", ini.normal, lambda shape: 1.0),
+    ("normal", ini.normal, lambda shape: 0.01**2),
     ("normal-0.1", functools.partial(ini.normal, 0.1), lambda shape: 0.1**2),
-    ("uniform", ini.uniform, lambda shape: 0.05**2 / 3),
-    ("uniform-0.3", functools.partial(ini.uniform, 0.3), lambda shape: 0.3**2 / 3),
+    ("unscaled_normal", ini.unscaled_normal, lambda shape: 1.0),
+    ("truncated_normal", ini.truncated_normal, lambda shape: 0.01**2 * CUT_VARIANCE),
+    ("symmetric_uniform", ini.symmetric_uniform, lambda shape: 0.05**2 / 3),
+    ("symmetric_uniform-0.3", functools.partial(ini.symmetric_uniform, 0.3), lambda s: 0.3**2 / 3),
     ("orthogonal", ini.orthogonal, orthogonal_variance(1.0)),
     ("orthogonal-2", functools.partial(ini.orthogonal, 2.0), orthogonal_variance(2.0)),
 ]
 CASE_IDS = [case[0] for case in CASES]
-FACTORIES = [pytest.param(case[1], id=case[0]) for case in CASES]
-FAN_BASED = [p for p, case in zip(FACTORIES, CASES, strict=True)
-             if not case[0].startswith(("normal", "uniform"))]
+# Every factory, JAX's uniform (mean scale / 2) included.
+FACTORIES = [pytest.param(case[1], id=case[0]) for case in CASES] + [
+    pytest.param(ini.uniform, id="uniform")
+]
+FAN_FREE = ("normal", "unscaled_normal", "truncated_normal", "symmetric_uniform", "uniform")
+FAN_BASED = [p for p in FACTORIES if not p.id.startswith(FAN_FREE)]
+# The factories JAX accepts complex dtypes in, and those it refuses them in.
+COMPLEX_OK = [p for p in FACTORIES if not p.id.startswith(FAN_FREE[2:])]
+REAL_ONLY = [p for p in FACTORIES if p.id.startswith(FAN_FREE[2:])]
 
 
 def draw_many(init, shape, getkey):
@@ -129,69 +136,110 @@ AXIS_CONFIGS = [
     pytest.param((32, 3, 3, 64), {"in_axis": 0, "out_axis": -1}, id="in_axis-first"),
     pytest.param((4, 8, 3, 16), {"in_axis": (0, 1), "out_axis": (-1,)}, id="axis-sequences"),
 ]
+MODES = ["fan_in", "fan_out", "fan_avg", "fan_geo_avg"]
 
 
-def assert_same_as_jax(scale, mode, distribution, shape, axes, key, allclose):
+def assert_same_as_jax(scale, mode, distribution, shape, axes, key, dtype=None):
     # Both scale the same standard draw from jax.random for the same key, so equal arrays mean
     # equal fans, equal variance and equal truncation correction.
-    ours = ini.variance_scaling(scale, mode, distribution, **axes)(key, shape)
-    theirs = jax.nn.initializers.variance_scaling(scale, mode, distribution, **axes)(key, shape)
-    allclose(ours, theirs, rtol=1e-5)
+    ours = ini.variance_scaling(scale, mode, distribution, **axes)(key, shape, dtype)
+    theirs = jax.nn.initializers.variance_scaling(scale, mode, distribution, **axes)(
+        key, shape, dtype
+    )
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(("shape", "axes"), AXIS_CONFIGS)
-@pytest.mark.parametrize("mode", ["fan_in", "fan_out", "fan_avg"])
-def test_variance_scaling_fans_match_jax(mode, shape, axes, getkey, allclose):
-    assert_same_as_jax(0.7, mode, "truncated_normal", shape, axes, getkey(), allclose)
+@pytest.mark.parametrize("mode", MODES)
+def test_variance_scaling_fans_match_jax(mode, shape, axes, getkey):
+    assert_same_as_jax(0.7, mode, "truncated_normal", shape, axes, getkey())
 
 
 @pytest.mark.parametrize("distribution", ["normal", "truncated_normal", "uniform"])
-@pytest.mark.parametrize("mode", ["fan_in", "fan_out", "fan_avg"])
-def test_variance_scaling_distributions_match_jax(mode, distribution, getkey, allclose):
-    assert_same_as_jax(0.7, mode, distribution, (3, 3, 32, 64), {}, getkey(), allclose)
+@pytest.mark.parametrize("mode", MODES)
+def test_variance_scaling_distributions_match_jax(mode, distribution, getkey):
+    assert_same_as_jax(0.7, mode, distribution, (3, 3, 32, 64), {}, getkey())
+
+
+@pytest.mark.parametrize("distribution", ["normal", "truncated_normal", "uniform"])
+def test_complex_variance_scaling_matches_jax(distribution, getkey):
+    assert_same_as_jax(2.0, "fan_in", distribution, (3, 3, 32, 64), {}, getkey(), jnp.complex64)
+
+
+# The names jax.nn.initializers also has, each against JAX's, on the same key.
+JAX_NAMED = [
+    (ini.lecun_normal, jax.nn.initializers.lecun_normal),
+    (ini.glorot_normal, jax.nn.initializers.glorot_normal),
+    (ini.he_normal, jax.nn.initializers.he_normal),
+    (ini.lecun_uniform, jax.nn.initializers.lecun_uniform),
+    (ini.glorot_uniform, jax.nn.initializers.glorot_uniform),
+    (ini.he_uniform, jax.nn.initializers.he_uniform),
+    (ini.xavier_normal, jax.nn.initializers.xavier_normal),
+    (ini.kaiming_uniform, jax.nn.initializers.kaiming_uniform),
+    (ini.normal, jax.nn.initializers.normal),
+    (ini.uniform, jax.nn.initializers.uniform),
+    (ini.truncated_normal, jax.nn.initializers.truncated_normal),
+]
 
 
 @pytest.mark.parametrize(
-    ("ours", "theirs"),
-    [
-        (functools.partial(ini.lecun_normal, distribution="truncated_normal"),
-         jax.nn.initializers.lecun_normal),
-        (functools.partial(ini.glorot_normal, distribution="truncated_normal"),
-         jax.nn.initializers.glorot_normal),
-        (functools.partial(ini.he_normal, distribution="truncated_normal"),
-         jax.nn.initializers.he_normal),
-        (ini.lecun_uniform, jax.nn.initializers.lecun_uniform),
-        (ini.glorot_uniform, jax.nn.initializers.glorot_uniform),
-        (ini.he_uniform, jax.nn.initializers.he_uniform),
-    ],
-    ids=["lecun_normal", "glorot_normal", "he_normal", "lecun_uniform", "glorot_uniform",
-         "he_uniform"],
+    ("ours", "theirs"), JAX_NAMED, ids=[ours.__name__ for ours, _ in JAX_NAMED]
 )
 @pytest.mark.parametrize("shape", [(784, 512), (3, 3, 32, 64)], ids=str)
-def test_named_match_jax_named(ours, theirs, shape, getkey, allclose):
+def test_named_match_jax_named_with_jax_defaults(ours, theirs, shape, getkey, allclose):
     key = getkey()
-    allclose(ours()(key, shape), theirs()(key, shape), rtol=1e-5)
+    allclose(ours()(key, shape), theirs()(key, shape), rtol=1e-5, atol=1e-8)
+
+
+def test_options_match_jax(getkey, allclose):
+    key = getkey()
+    pairs = [
+        (ini.normal(0.3), jax.nn.initializers.normal(0.3)),
+        (ini.uniform(2.0), jax.nn.initializers.uniform(2.0)),
+        (ini.truncated_normal(0.5, None, -1.0, 3.0),
+         jax.nn.initializers.truncated_normal(0.5, None, -1.0, 3.0)),
+        (ini.glorot_uniform(0, -1, (), jnp.float32),
+         jax.nn.initializers.glorot_uniform(0, -1, (), jnp.float32)),
+    ]
+    for ours, theirs in pairs:
+        allclose(ours(key, (32, 3, 3, 64)), theirs(key, (32, 3, 3, 64)), rtol=1e-5, atol=1e-8)
+
+
+def test_complex_normal_matches_jax(getkey):
+    key = getkey()
+    ours = ini.normal(0.5)(key, (64, 32), jnp.complex64)
+    theirs = jax.nn.initializers.normal(0.5)(key, (64, 32), jnp.complex64)
+    assert ours.dtype == theirs.dtype == jnp.complex64
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-6)
 
 
 @pytest.mark.parametrize(
     ("named", "scale", "mode", "distribution"),
     [
-        (ini.lecun_normal(), 1.0, "fan_in", "normal"),
+        (ini.lecun_normal(), 1.0, "fan_in", "truncated_normal"),
         (ini.lecun_uniform(), 1.0, "fan_in", "uniform"),
-        (ini.glorot_normal(), 1.0, "fan_avg", "normal"),
+        (ini.glorot_normal(), 1.0, "fan_avg", "truncated_normal"),
+        (ini.glorot_normal_untruncated(), 1.0, "fan_avg", "normal"),
         (ini.glorot_uniform(), 1.0, "fan_avg", "uniform"),
-        (ini.he_normal(), 2.0, "fan_in", "normal"),
+        (ini.he_normal(), 2.0, "fan_in", "truncated_normal"),
+        (ini.he_normal_untruncated(), 2.0, "fan_in", "normal"),
         (ini.he_uniform(), 2.0, "fan_in", "uniform"),
-        (ini.he_normal(negative_slope=0.5), 2.0 / 1.25, "fan_in", "normal"),
+        (ini.he_normal(negative_slope=0.5), 2.0 / 1.25, "fan_in", "truncated_normal"),
+        (ini.he_normal_untruncated(negative_slope=0.5), 2.0 / 1.25, "fan_in", "normal"),
         (ini.he_uniform(negative_slope=-0.5), 2.0 / 1.25, "fan_in", "uniform"),
         (ini.gaussian(), 1.0, "fan_in", "normal"),
-        (ini.glorot_normal(distribution="truncated_normal"), 1.0, "fan_avg", "truncated_normal"),
     ],
 )
 def test_named_are_variance_scaling(named, scale, mode, distribution, getkey):
     key = getkey()
     expected = ini.variance_scaling(scale, mode, distribution)(key, (3, 3, 32, 64))
     np.testing.assert_array_equal(named(key, (3, 3, 32, 64)), expected)
+
+
+def test_unscaled_normal_is_normal_with_a_unit_default(getkey):
+    key = getkey()
+    np.testing.assert_array_equal(ini.unscaled_normal()(key, (7, 5)), ini.normal(1.0)(key, (7, 5)))
 
 
 def test_aliases_are_the_same_functions():
@@ -201,11 +249,11 @@ def test_aliases_are_the_same_functions():
     assert ini.kaiming_uniform is ini.he_uniform
 
 
-def test_named_normal_is_plain_and_truncated_is_cut(getkey):
+def test_lesson_normal_is_plain_and_jax_named_normal_is_cut(getkey):
     shape = (784, 512)
     n = math.prod(shape)
     std = 1 / math.sqrt(fans(shape)[0])
-    plain = np.asarray(ini.lecun_normal()(getkey(), shape), np.float64)
+    plain = np.asarray(ini.gaussian()(getkey(), shape), np.float64)
     # P(|Z| > 2) for Z ~ N(0, 1); the truncated draw never goes there.
     tail = 1 - math.erf(2 / math.sqrt(2))
     observed = np.mean(np.abs(plain) > 2 * std)
@@ -213,18 +261,15 @@ def test_named_normal_is_plain_and_truncated_is_cut(getkey):
 
     # The truncated draw is N(0, s²) cut at ±2s with s chosen so the variance is std²: s = std / c
     # with c² = 1 - 4φ(2) / erf(√2) the variance of N(0, 1) cut at ±2.
-    c = math.sqrt(1 - 4 * math.exp(-2) / math.sqrt(2 * math.pi) / math.erf(math.sqrt(2)))
-    cut = np.asarray(
-        ini.lecun_normal(distribution="truncated_normal")(getkey(), shape), np.float64
-    )
-    bound = 2 * std / c
+    cut = np.asarray(ini.lecun_normal()(getkey(), shape), np.float64)
+    bound = 2 * std / math.sqrt(CUT_VARIANCE)
     assert np.all(np.abs(cut) <= bound * (1 + 1e-6))
     assert np.max(np.abs(cut)) > 0.99 * bound
 
 
 @pytest.mark.parametrize("scale", [0.05, 0.3, 2.0])
-def test_uniform_support_is_symmetric_half_open(scale, getkey):
-    w = np.asarray(ini.uniform(scale)(getkey(), (784, 512)))
+def test_symmetric_uniform_support_is_symmetric_half_open(scale, getkey):
+    w = np.asarray(ini.symmetric_uniform(scale)(getkey(), (784, 512)))
     bound = np.float32(scale)
     assert w.min() >= -bound
     assert w.max() < bound
@@ -233,9 +278,20 @@ def test_uniform_support_is_symmetric_half_open(scale, getkey):
     assert w.max() > 0.999 * bound
 
 
+@pytest.mark.parametrize("scale", [0.01, 2.0])
+def test_uniform_is_jaxs_from_zero_to_scale(scale, getkey):
+    x = np.asarray(ini.uniform(scale)(getkey(), (784, 512)), np.float64).ravel()
+    assert x.min() >= 0 and x.max() < np.float32(scale)
+    assert x.min() < 0.001 * scale and x.max() > 0.999 * scale
+    # Mean scale / 2 and variance scale² / 12, to 5 standard errors.
+    n = x.size
+    assert abs(x.mean() - scale / 2) <= TOLERANCE_SE * scale / math.sqrt(12 * n)
+    assert abs(x.var() - scale**2 / 12) <= TOLERANCE_SE * scale**2 / math.sqrt(180 * n)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_uniform_support_in_narrow_dtypes(dtype, getkey):
-    w = np.asarray(ini.uniform(0.05)(getkey(), (784, 512), dtype), np.float64)
+def test_symmetric_uniform_support_in_narrow_dtypes(dtype, getkey):
+    w = np.asarray(ini.symmetric_uniform(0.05)(getkey(), (784, 512), dtype), np.float64)
     bound = float(jnp.asarray(0.05, dtype))
     assert w.min() >= -bound
     assert w.max() <= bound
@@ -263,18 +319,24 @@ def as_matrix(w, column_axis=-1):
     return w.reshape(-1, w.shape[-1])
 
 
-def assert_orthogonal(m, gain):
-    """``mᵀm = gain² I`` for a tall ``m``, ``mmᵀ = gain² I`` for a wide one."""
-    product = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
-    np.testing.assert_allclose(product, gain**2 * np.eye(len(product)), atol=2e-5 * gain**2)
+def assert_orthogonal(m, scale):
+    """``mᴴm = scale² I`` for a tall ``m``, ``mmᴴ = scale² I`` for a wide one."""
+    product = m.conj().T @ m if m.shape[0] >= m.shape[1] else m @ m.conj().T
+    np.testing.assert_allclose(product, scale**2 * np.eye(len(product)), atol=2e-5 * scale**2)
 
 
-@pytest.mark.parametrize("gain", [1.0, 2.0])
+@pytest.mark.parametrize("scale", [1.0, 2.0])
 @pytest.mark.parametrize(
     "shape", [(784, 512), (256, 10), (10, 256), (64, 64), (3, 3, 32, 64), (5, 5, 1, 32)], ids=str
 )
-def test_orthogonal_is_orthogonal(shape, gain, getkey):
-    assert_orthogonal(as_matrix(ini.orthogonal(gain)(getkey(), shape)), gain)
+def test_orthogonal_is_orthogonal(shape, scale, getkey):
+    assert_orthogonal(as_matrix(ini.orthogonal(scale)(getkey(), shape)), scale)
+
+
+def test_complex_orthogonal_is_unitary(getkey):
+    w = ini.orthogonal(2.0)(getkey(), (48, 16), jnp.complex64)
+    assert w.dtype == jnp.complex64
+    assert_orthogonal(np.asarray(w, np.complex128), 2.0)
 
 
 def test_orthogonal_column_axis(getkey):
@@ -316,7 +378,11 @@ DISTINCT_DRAWS = [
         pytest.param(functools.partial(ini.variance_scaling, 2.0, "fan_avg", d), id=d)
         for d in ("normal", "truncated_normal", "uniform")
     ),
-    *(pytest.param(f, id=f.__name__) for f in (ini.normal, ini.uniform, ini.orthogonal)),
+    *(
+        pytest.param(f, id=f.__name__)
+        for f in (ini.normal, ini.uniform, ini.symmetric_uniform, ini.truncated_normal,
+                  ini.orthogonal)
+    ),
 ]
 
 
@@ -353,9 +419,31 @@ def test_factory_dtype_is_the_default(dtype, getkey):
     key = getkey()
     for init in (ini.variance_scaling(1.0, "fan_in", "normal", dtype=dtype),
                  ini.he_uniform(dtype=dtype), ini.gaussian(dtype=dtype), ini.normal(dtype=dtype),
-                 ini.uniform(dtype=dtype), ini.orthogonal(dtype=dtype)):
+                 ini.uniform(dtype=dtype), ini.symmetric_uniform(dtype=dtype),
+                 ini.truncated_normal(dtype=dtype), ini.orthogonal(dtype=dtype)):
         assert init(key, (5, 5, 1, 32)).dtype == jnp.dtype(dtype)
-        assert init(key, (5, 5, 1, 32), None).dtype == jnp.dtype(dtype)
+        # As in JAX, an explicit None is the default float, not the factory's dtype.
+        assert init(key, (5, 5, 1, 32), None).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_default_dtype_is_jaxs_default_float(factory, getkey):
+    assert factory()(getkey(), (4, 3)).dtype == jnp.float32
+    with jax.enable_x64(True):
+        assert factory()(getkey(), (4, 3)).dtype == jnp.float64
+
+
+@pytest.mark.parametrize("factory", [ini.glorot_normal, ini.normal, ini.orthogonal])
+def test_out_sharding_lays_the_draw_out(factory, getkey):
+    # out_sharding belongs to JAX's explicit sharding mode.
+    mesh = jax.sharding.Mesh(
+        np.array(jax.devices()[:1]), ("x",), axis_types=(jax.sharding.AxisType.Explicit,)
+    )
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "x"))
+    key = getkey()
+    w = factory()(key, (8, 4), None, sharding)
+    assert w.sharding == sharding
+    np.testing.assert_array_equal(np.asarray(w), np.asarray(factory()(key, (8, 4))))
 
 
 @pytest.mark.parametrize("shape", [(0, 5), (5, 0), (3, 0, 2, 4)], ids=str)
@@ -429,8 +517,6 @@ BAD_ARGUMENTS = [
     pytest.param(lambda: ini.variance_scaling(1.0, "fan_geo", "normal"), "mode", id="mode"),
     pytest.param(lambda: ini.variance_scaling(1.0, "fan_in", "cauchy"), "distribution",
                  id="distribution"),
-    pytest.param(lambda: ini.glorot_normal(distribution="cauchy"), "distribution",
-                 id="named-distribution"),
     pytest.param(lambda: ini.variance_scaling(1.0, "fan_in", "normal", in_axis="a"), "in_axis",
                  id="in_axis-type"),
     pytest.param(lambda: ini.lecun_normal(batch_axis=[0.5]), "batch_axis", id="batch_axis-type"),
@@ -438,13 +524,15 @@ BAD_ARGUMENTS = [
                  id="negative_slope"),
     pytest.param(lambda: ini.normal(stddev=-1.0), "stddev", id="stddev"),
     pytest.param(lambda: ini.uniform(scale=0.0), "scale", id="uniform-scale"),
-    pytest.param(lambda: ini.orthogonal(gain=-1.0), "gain", id="gain"),
+    pytest.param(lambda: ini.symmetric_uniform(scale=-1.0), "scale", id="symmetric-scale"),
+    pytest.param(lambda: ini.truncated_normal(upper=-3.0), "upper", id="upper-below-lower"),
+    pytest.param(lambda: ini.orthogonal(scale=-1.0), "scale", id="orthogonal-scale"),
     pytest.param(lambda: ini.orthogonal(column_axis=1.5), "column_axis", id="column_axis-type"),
     pytest.param(lambda: ini.get("nope"), "name", id="get-unknown"),
     pytest.param(lambda: ini.get(3), "name", id="get-not-a-string"),
     pytest.param(lambda: ini.get("zeros", dtype=jnp.float32), "name", id="get-zeros-options"),
     pytest.param(lambda: ini.he_uniform(dtype=jnp.int32), "dtype", id="factory-int-dtype"),
-    pytest.param(lambda: ini.normal(dtype=jnp.complex64), "dtype", id="factory-complex-dtype"),
+    pytest.param(lambda: ini.uniform(dtype=jnp.complex64), "dtype", id="factory-complex-dtype"),
     pytest.param(lambda: ini.uniform(dtype="not a dtype"), "dtype", id="factory-bad-dtype"),
 ]
 
@@ -461,11 +549,35 @@ def test_unknown_name_lists_the_valid_names():
     assert "'glorot'" in str(info.value)
 
 
-@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_, jnp.complex64])
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_])
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_non_float_dtype_is_refused_at_call(factory, dtype, getkey):
     with pytest.raises(ValueError, match="dtype"):
         factory()(getkey(), (4, 3), dtype)
+
+
+@pytest.mark.parametrize("factory", REAL_ONLY)
+def test_complex_dtype_is_refused_where_jax_refuses_it(factory, getkey):
+    with pytest.raises(ValueError, match="dtype"):
+        factory()(getkey(), (4, 3), jnp.complex64)
+
+
+@pytest.mark.parametrize("factory", COMPLEX_OK)
+def test_complex_dtype_draws_of_the_documented_mean_square(factory, getkey):
+    init = factory()
+    shape = (3, 3, 32, 64)
+    expected = dict(zip(CASE_IDS, (case[2] for case in CASES), strict=True))
+    w = np.concatenate(
+        [np.asarray(init(getkey(), shape, jnp.complex64)).ravel() for _ in range(4)]
+    )
+    assert w.dtype == np.complex64
+    name = next(p.id for p in COMPLEX_OK if p.values[0] is factory)
+    # JAX's complex truncated normal has E|w|² ≈ 1.0176 σ² (see _COMPLEX_CUT_STD).
+    factor = 1.0176 if "truncated_normal" in name or name.endswith(
+        ("lecun_normal", "glorot_normal", "he_normal", "he_normal-leaky-0.2")
+    ) else 1.0
+    m2 = np.mean(np.abs(w) ** 2)
+    np.testing.assert_allclose(m2, factor * expected[name](shape), rtol=0.02)
 
 
 @pytest.mark.parametrize("shape", [(5,), ()], ids=str)
@@ -476,7 +588,10 @@ def test_fan_based_refuse_rank_below_two(factory, shape, getkey):
     assert str(shape) in str(info.value)
 
 
-@pytest.mark.parametrize("factory", [ini.normal, ini.uniform])
+@pytest.mark.parametrize(
+    "factory",
+    [ini.normal, ini.unscaled_normal, ini.truncated_normal, ini.uniform, ini.symmetric_uniform],
+)
 def test_fan_free_accept_any_rank(factory, getkey):
     assert factory()(getkey(), (5,)).shape == (5,)
     assert factory()(getkey(), ()).shape == ()

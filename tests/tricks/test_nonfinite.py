@@ -6,10 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtricks.tricks.adaptive import AdamState, scale_by_adam
+from jaxtricks.tricks.adaptive import scale_by_adam
 from jaxtricks.tricks.clipping import clip_by_global_norm
 from jaxtricks.tricks.learning_rate import scale_by_learning_rate
-from jaxtricks.tricks.nonfinite import SkipNonfiniteState, skip_nonfinite
+from jaxtricks.tricks.nonfinite import apply_if_finite, skip_nonfinite
+from jaxtricks.tricks.optimizers import sgd
 from jaxtricks.tricks.weight_decay import add_decayed_weights
 
 # A whole AdamW-like chain inside, so that params are passed through and every stage has
@@ -58,14 +59,15 @@ def test_a_bad_gradient_gives_a_zero_update_and_leaves_the_inner_state_untouched
             np.testing.assert_array_equal(np.asarray(u), np.zeros(u.shape, np.float32))
         # bit for bit: Adam's moments and every counter, so schedules do not advance either
         _assert_trees_equal(state.inner_state, before)
-        assert isinstance(_adam_state(state), AdamState)
+        assert isinstance(_adam_state(state), optax.ScaleByAdamState)
         assert int(_adam_state(state).count) == 1
         assert not bool(state.last_finite)
-        counts.append((int(state.skipped), int(state.consecutive)))
+        counts.append((int(state.total_notfinite), int(state.notfinite_count)))
     assert counts == [(0, 0), (1, 1), (2, 2), (3, 3)]
     _, state = UPDATE(_grads(2), state, PARAMS)
-    assert isinstance(state, SkipNonfiniteState)
-    assert (int(state.skipped), int(state.consecutive), bool(state.last_finite)) == (3, 0, True)
+    assert isinstance(state, optax.ApplyIfFiniteState)
+    summary = (int(state.total_notfinite), int(state.notfinite_count), bool(state.last_finite))
+    assert summary == (3, 0, True)
     assert int(_adam_state(state).count) == 2
 
 
@@ -90,22 +92,67 @@ def test_training_goes_on_as_if_the_bad_steps_never_happened():
         _assert_trees_equal(u_bad, u_clean)
         _assert_trees_equal(s_bad, s_clean)
     _assert_trees_equal(params_bad, params_clean)
-    assert int(state_bad.skipped) == 2 and int(state_clean.skipped) == 0
+    assert int(state_bad.total_notfinite) == 2 and int(state_clean.total_notfinite) == 0
     # and the steps did move the parameters
     assert not np.allclose(np.asarray(params_clean["w"]), np.asarray(PARAMS["w"]))
 
 
 def test_eager_with_none_leaves_and_a_plain_inner_transform():
-    tx = skip_nonfinite(scale_by_learning_rate(0.5))
+    tx = skip_nonfinite(scale_by_learning_rate(lambda count: 0.5))
     grads = {"w": jnp.array([1.0, jnp.nan]), "frozen": None}
     state = tx.init(grads)
     updates, state = tx.update(grads, state)
     assert updates["frozen"] is None
     np.testing.assert_array_equal(np.asarray(updates["w"]), [0.0, 0.0])
-    assert int(state.inner_state.count) == 0 and int(state.skipped) == 1
+    assert int(state.inner_state.count) == 0 and int(state.total_notfinite) == 1
     updates, state = tx.update({"w": jnp.array([1.0, 2.0]), "frozen": None}, state)
     np.testing.assert_array_equal(np.asarray(updates["w"]), [-0.5, -1.0])
-    assert int(state.inner_state.count) == 1 and int(state.consecutive) == 0
+    assert int(state.inner_state.count) == 1 and int(state.notfinite_count) == 0
+
+
+def test_skip_nonfinite_never_gives_up():
+    tx = skip_nonfinite(sgd(1.0))
+    update = jax.jit(tx.update)
+    state = tx.init(jnp.zeros(2))
+    for _ in range(20):
+        updates, state = update(jnp.array([jnp.nan, 1.0]), state)
+        np.testing.assert_array_equal(np.asarray(updates), [0.0, 0.0])
+    assert int(state.notfinite_count) == 20
+
+
+@pytest.mark.parametrize("max_consecutive_errors", [0, 2])
+def test_apply_if_finite_gives_up_after_max_consecutive_errors_as_optax(max_consecutive_errors):
+    sequence = [1.0, np.nan, np.nan, np.nan, 2.0, np.inf, 3.0]
+    ours = apply_if_finite(sgd(0.5, momentum=0.9), max_consecutive_errors)
+    theirs = optax.apply_if_finite(optax.sgd(0.5, momentum=0.9), max_consecutive_errors)
+    ours_state, theirs_state = ours.init(jnp.zeros(2)), theirs.init(jnp.zeros(2))
+    with jax.numpy_dtype_promotion("standard"):  # Optax's arithmetic mixes dtypes
+        for value in sequence:
+            grads = jnp.array([value, 1.0])
+            ours_updates, ours_state = ours.update(grads, ours_state)
+            theirs_updates, theirs_state = theirs.update(grads, theirs_state)
+            np.testing.assert_array_equal(np.asarray(ours_updates), np.asarray(theirs_updates))
+            _assert_trees_equal(ours_state, theirs_state)
+    assert int(ours_state.total_notfinite) == 4
+
+
+def test_apply_if_finite_passes_extra_arguments_to_the_inner_transform():
+    seen = {}
+
+    def update(updates, state, params=None, *, loss):
+        seen["loss"] = loss
+        return updates, state
+
+    inner = optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+    tx = apply_if_finite(inner, 1)
+    tx.update(jnp.ones(1), tx.init(jnp.ones(1)), loss=3.0)
+    assert seen == {"loss": 3.0}
+
+
+def test_apply_if_finite_refuses_a_negative_or_fractional_count():
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match=r"^max_consecutive_errors must be an integer"):
+            apply_if_finite(sgd(0.1), bad)
 
 
 def test_refuses_an_inner_that_is_not_a_transform():

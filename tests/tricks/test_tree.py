@@ -5,13 +5,15 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxtricks.tricks.adaptive import scale_by_adagrad, scale_by_adam, scale_by_rms
 from jaxtricks.tricks.nonfinite import skip_nonfinite
 from jaxtricks.tricks.tree import (
+    abs_sq,
     all_finite,
-    check_float_leaves,
+    check_inexact_leaves,
     check_same_structure,
     global_norm,
     like,
@@ -39,11 +41,32 @@ def _mixed_tree(dtype):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_global_norm_equals_numpy_on_mixed_shapes(dtype):
     tree = _mixed_tree(dtype)
-    norm = global_norm(tree)
+    norm = global_norm(tree, at_least_float32=True)
     assert norm.shape == ()
     assert norm.dtype == jnp.float32
     # The reference is exact in float64 over the very values held in ``dtype``.
     np.testing.assert_allclose(float(norm), _numpy_norm(tree), rtol=1e-6)
+    # Optax's dtype: the float32 sum, rounded once.
+    rounded = global_norm(tree)
+    assert rounded.dtype == dtype
+    assert float(rounded) == float(norm.astype(dtype))
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        {"a": jnp.array([3.0, 4.0], jnp.bfloat16)},
+        {"a": jnp.array([3.0], jnp.bfloat16), "b": jnp.array([4.0], jnp.float16)},
+        {"a": jnp.array([3.0]), "z": jnp.array([1 + 2j], jnp.complex64)},
+    ],
+    ids=["bfloat16", "bfloat16_float16", "float32_complex64"],
+)
+def test_global_norm_has_optaxs_dtype_and_value(tree):
+    with jax.numpy_dtype_promotion("standard"):
+        theirs = optax.tree.norm(tree)
+    ours = global_norm(tree)
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-2)
 
 
 def test_global_norm_squares_bfloat16_in_float32():
@@ -51,7 +74,7 @@ def test_global_norm_squares_bfloat16_in_float32():
     # squaring in bfloat16 would give a norm 3e-5 too small.
     tree = {"a": jnp.full((1000,), 1 + 2**-7, jnp.bfloat16)}
     expected = np.sqrt(1000 * (1 + 2**-7) ** 2)
-    np.testing.assert_allclose(float(global_norm(tree)), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(global_norm(tree, at_least_float32=True)), expected, rtol=1e-6)
 
 
 def test_global_norm_does_not_overflow_float16():
@@ -114,6 +137,18 @@ def test_check_same_structure_names_both_trees_on_structure_mismatch():
         check_same_structure("grads", {"a": jnp.ones(3), "b": None}, "params", params)
 
 
+def test_check_same_structure_can_take_none_for_a_whole_subtree():
+    params = {"a": jnp.ones(3), "b": {"c": jnp.ones(2)}}
+    for grads in (None, {"a": jnp.ones(3), "b": None}):
+        check_same_structure("grads", grads, "params", params, none_is_prefix=True)
+    with pytest.raises(ValueError, match=r"differ in shape at \['a'\]: \(2,\) vs \(3,\)"):
+        check_same_structure(
+            "grads", {"a": jnp.ones(2), "b": None}, "params", params, none_is_prefix=True
+        )
+    with pytest.raises(ValueError, match="different pytree structures"):
+        check_same_structure("grads", {"a": None}, "params", params, none_is_prefix=True)
+
+
 def test_check_same_structure_names_both_trees_path_and_shapes_on_shape_mismatch():
     params = {"a": jnp.ones(3), "b": [jnp.ones((2, 2))]}
     grads = {"a": jnp.ones(3), "b": [jnp.ones((2, 3))]}
@@ -122,14 +157,28 @@ def test_check_same_structure_names_both_trees_path_and_shapes_on_shape_mismatch
     assert str(info.value) == ("grads and params differ in shape at ['b'][0]: (2, 3) vs (2, 2)")
 
 
-def test_check_float_leaves():
-    assert check_float_leaves("params", {"a": jnp.ones(2), "b": jnp.ones(2, jnp.bfloat16)}) is None
+def test_check_inexact_leaves():
+    tree = {"a": jnp.ones(2), "b": jnp.ones(2, jnp.bfloat16), "c": jnp.ones(2, jnp.complex64)}
+    assert check_inexact_leaves("params", tree) is None
     for dtype in (jnp.int32, jnp.bool_):
         with pytest.raises(TypeError) as info:
-            check_float_leaves("params", {"a": jnp.ones(2), "b": [jnp.ones(2, dtype)]})
+            check_inexact_leaves("params", {"a": jnp.ones(2), "b": [jnp.ones(2, dtype)]})
         assert str(info.value) == (
-            f"params must hold floating-point arrays, got dtype {jnp.dtype(dtype)} at ['b'][0]"
+            "params must hold floating-point (real or complex) arrays, got dtype "
+            f"{jnp.dtype(dtype)} at ['b'][0]"
         )
+
+
+@pytest.mark.parametrize("dtype", [jnp.complex64, jnp.complex128])
+def test_global_norm_and_abs_sq_of_complex_leaves(dtype):
+    with jax.enable_x64(dtype == jnp.complex128):
+        tree = {"z": jnp.array([3 + 4j, 1j], dtype), "x": jnp.array([2.0], jnp.float32)}
+        norm = global_norm(tree)
+        assert norm.dtype == (jnp.float64 if dtype == jnp.complex128 else jnp.float32)
+        np.testing.assert_allclose(float(norm), np.sqrt(25 + 1 + 4), rtol=1e-7)
+        squares = abs_sq(tree["z"])
+        assert squares.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(squares), [25, 1])
 
 
 def test_like_keeps_python_numbers_weak_and_casts_arrays():
@@ -157,6 +206,10 @@ STATEFUL = {
     "scale_by_adagrad": (lambda: scale_by_adagrad(), "the Adagrad accumulator"),
     "scale_by_rms": (lambda: scale_by_rms(), "the RMSProp accumulator"),
     "scale_by_rms_centered": (lambda: scale_by_rms(centered=True), "the RMSProp accumulator"),
+    "scale_by_rms_bias_correction": (
+        lambda: scale_by_rms(bias_correction=True),
+        "the RMSProp accumulator",
+    ),
     "scale_by_adam": (lambda: scale_by_adam(), "the Adam moments"),
     "add_decayed_weights": (lambda: add_decayed_weights(0.1), "params"),
     "skip_nonfinite_adam": (lambda: skip_nonfinite(scale_by_adam()), "the Adam moments"),

@@ -7,10 +7,11 @@ import optax
 import pytest
 
 from jaxtricks.tricks.velocity import (
-    MomentumState,
+    TraceWithCountState,
     VelocityState,
     scale_by_momentum,
     scale_by_velocity,
+    trace,
 )
 
 STEPS = 4
@@ -65,9 +66,16 @@ def test_momentum_matches_numpy_and_optax_trace(nesterov, allclose):
         theirs, _ = _run(optax.trace(decay=0.9, nesterov=nesterov), grads)
     for m, t in zip(mine, theirs, strict=True):
         allclose(m, t, rtol=1e-6)
-    assert isinstance(state, MomentumState)
-    assert int(state.count) == STEPS
+    assert type(state) is optax.TraceState
     allclose(state.trace, _as(_heavy_ball(grads, [0.9] * STEPS)[-1], np.float32), atol=1e-6)
+
+
+def test_scale_by_momentum_is_trace_with_a_default():
+    grads = _grads()
+    mine, _ = _run(scale_by_momentum(nesterov=True), grads)
+    theirs, _ = _run(trace(0.9, True), grads)
+    for m, t in zip(mine, theirs, strict=True):
+        np.testing.assert_array_equal(np.asarray(m["a"]), np.asarray(t["a"]))
 
 
 def test_decay_zero_is_sgd_and_decay_one_sums_every_gradient(allclose):
@@ -87,7 +95,8 @@ def test_decay_schedule_is_read_at_each_step(nesterov, allclose):
     # gives a different third and fourth update.
     schedule = lambda count: jnp.where(count < 2, 0.9, 0.2)
     grads = _grads()
-    mine, _ = _run(scale_by_momentum(schedule, nesterov=nesterov), grads)
+    mine, state = _run(scale_by_momentum(schedule, nesterov=nesterov), grads)
+    assert isinstance(state, TraceWithCountState) and int(state.count) == STEPS
     expected = _heavy_ball(grads, [0.9, 0.9, 0.2, 0.2], nesterov)
     for m, e in zip(mine, expected, strict=True):
         allclose(m, _as(e, np.float32), rtol=1e-6, atol=1e-6)
@@ -155,7 +164,7 @@ def test_bfloat16_gradients_keep_their_dtype_and_the_accumulator_its_own(name, a
     build, reference = BF16_CASES[name]
     grads = _grads(2, jnp.bfloat16)
     updates, state = _run(build(accumulator_dtype), grads)
-    memory = state.trace if isinstance(state, MomentumState) else state.velocity
+    memory = state.velocity if isinstance(state, VelocityState) else state.trace
     want = accumulator_dtype or jnp.bfloat16
     assert all(leaf.dtype == want for leaf in jax.tree.leaves(memory))
     assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(updates[-1]))

@@ -35,7 +35,16 @@ def test_adds_lambda_times_the_weights(factory):
     for k, expected in _decayed(GRADS, PARAMS, 0.3).items():
         assert out[k].dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(out[k]), expected, rtol=1e-6)
-    assert int(state.count) == 1
+    assert state == optax.EmptyState()
+
+
+def test_none_updates_pass_through_as_in_optax():
+    tx = add_decayed_weights(0.1)
+    assert tx.update(None, optax.EmptyState(), PARAMS)[0] is None
+    grads = {k: (None if k == "bias" else g) for k, g in GRADS.items()}
+    out, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
+    assert out["bias"] is None
+    np.testing.assert_allclose(np.asarray(out["kernel"]), _decayed(GRADS, PARAMS, 0.1)["kernel"])
 
 
 def test_weight_decay_schedule_is_read_at_each_step():

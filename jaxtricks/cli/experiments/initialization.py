@@ -12,11 +12,13 @@ sqrt(n/2)^l through ReLUs; with Var(W) = 1/n (LeCun) or 2/(n_in + n_out) (Glorot
 it in range, and with 2/n (He) ReLU does. Then the same network is trained briefly (SGD with
 momentum) and its test accuracy recorded.
 
-Initializers (:mod:`jaxtricks.tricks.initializers`): ``normal`` N(0, 1), ``uniform``
-U[−0.05, 0.05), ``gaussian`` N(0, 1/n_in) (the lesson's; the same draw as ``lecun_normal``,
-so LeCun is represented by ``lecun_uniform``, U with variance 1/n_in), ``glorot_normal``,
-``he_normal`` and ``orthogonal`` (gain 1). Steps whose loss or gradient is not finite are
-skipped (the library's default) and counted.
+Initializers (:mod:`jaxtricks.tricks.initializers`, the lesson's variants, each run under
+the label in brackets): ``unscaled_normal`` N(0, 1) [normal], ``symmetric_uniform``
+U[−0.05, 0.05) [uniform], ``gaussian`` N(0, 1/n_in) (the lesson's; LeCun's variance untruncated,
+so LeCun is represented by ``lecun_uniform``, U with variance 1/n_in), the untruncated
+``glorot_normal_untruncated`` [glorot_normal] and ``he_normal_untruncated`` [he_normal], and
+``orthogonal`` (scale 1). Steps whose loss or gradient is not finite are skipped (the library's
+default) and counted.
 
 Full config: MNIST, depth 30, width 256, signals on 512 training images, training on 10000
 train images for 2 epochs (batch 128, momentum SGD η = 0.01, γ = 0.9), 10000 test images,
@@ -46,14 +48,15 @@ CLAIM = (
 )
 
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu}
+# label -> (initializer name, options); the labels are the lesson's names for the variants.
 INITIALIZERS: dict[str, tuple[str, dict[str, float]]] = {
-    "normal": ("normal", {"stddev": 1.0}),
-    "uniform": ("uniform", {"scale": 0.05}),
+    "normal": ("unscaled_normal", {"stddev": 1.0}),
+    "uniform": ("symmetric_uniform", {"scale": 0.05}),
     "gaussian": ("gaussian", {}),
     "lecun_uniform": ("lecun_uniform", {}),
-    "glorot_normal": ("glorot_normal", {}),
-    "he_normal": ("he_normal", {}),
-    "orthogonal": ("orthogonal", {"gain": 1.0}),
+    "glorot_normal": ("glorot_normal_untruncated", {}),
+    "he_normal": ("he_normal_untruncated", {}),
+    "orthogonal": ("orthogonal", {"scale": 1.0}),
 }
 
 FULL: dict[str, Any] = {

@@ -496,6 +496,7 @@ def test_table_is_large_with_unique_ids():
     assert len(ids) >= 30
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("call", "error", "pattern"), _params())
 def test_bad_input_gives_a_clear_error(env, capsys, call, error, pattern):
     with pytest.raises(error) as info:

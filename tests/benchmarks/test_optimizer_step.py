@@ -50,6 +50,7 @@ def test_unknown_names_are_refused(argv, optimizer_step):
         optimizer_step.main(argv)
 
 
+@pytest.mark.slow
 def test_quick_run_prints_one_record_per_measurement_and_a_table(optimizer_step):
     optimizers = ["sgd", "adam"]
     result = subprocess.run(

@@ -100,6 +100,7 @@ def without_timings(history):
     return records
 
 
+@pytest.mark.slow
 def test_train_writes_metrics_and_curves_and_learns(fake_mnist, tmp_path, capsys):
     out = tmp_path / "run"
     history = _train(fake_mnist, out)
@@ -126,6 +127,7 @@ def test_train_writes_metrics_and_curves_and_learns(fake_mnist, tmp_path, capsys
     assert f"mnist: {TRAIN} train / {VALIDATION} validation / {TEST} test images" in captured.err
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_other_metrics(fake_mnist, tmp_path):
     first = without_timings(_train(fake_mnist, tmp_path / "a", "--seed", "3", "--no-plot"))
     again = without_timings(_train(fake_mnist, tmp_path / "b", "--seed", "3", "--no-plot"))
@@ -134,6 +136,7 @@ def test_same_seed_same_metrics_other_seed_other_metrics(fake_mnist, tmp_path):
     assert first != other
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "extra",
     [
@@ -159,6 +162,7 @@ def test_every_switch_trains(fake_mnist, tmp_path, extra):
     assert history.header["train_examples"] == 128
 
 
+@pytest.mark.slow
 def test_the_per_epoch_schedule_decays_by_the_factor(fake_mnist, tmp_path):
     history = _train(
         fake_mnist, tmp_path / "run", "--schedule", "per_epoch", "--decay-factor", "0.5",
@@ -168,6 +172,7 @@ def test_the_per_epoch_schedule_decays_by_the_factor(fake_mnist, tmp_path):
     assert history["learning_rate"] == pytest.approx([0.01, 0.005])
 
 
+@pytest.mark.slow
 def test_gradient_health_is_logged_per_epoch_and_plotted(fake_mnist, tmp_path):
     history = _train(fake_mnist, tmp_path / "run", "--gradient-health", "--optimizer", "sgd",
                      "--schedule", "constant", "--learning-rate", "0.05", "--no-batch-norm")
@@ -181,6 +186,7 @@ def test_gradient_health_is_logged_per_epoch_and_plotted(fake_mnist, tmp_path):
             assert health["module_update_norms"][name] == pytest.approx(0.05 * norm, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_early_stopping_and_an_average_from_the_command_line(fake_mnist, tmp_path, capsys):
     history = _train(fake_mnist, tmp_path / "run", "--early-stopping", "1", "--monitor",
                      "val_accuracy", "--ema", "0.5", epochs=3)
@@ -215,6 +221,7 @@ def finished_run(fake_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_resume_without_flags_continues_the_run_with_its_saved_flags(fake_mnist, tmp_path,
                                                                      capsys):
     run_flags = ("--train-examples", "64", "--seed", "3", "--learning-rate", "0.01",
@@ -241,6 +248,7 @@ def test_resume_without_flags_continues_the_run_with_its_saved_flags(fake_mnist,
     assert manager.steps() == [2, 4, 6]
 
 
+@pytest.mark.slow
 def test_a_finished_run_resumed_trains_nothing_more(fake_mnist, finished_run, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(finished_run, out)
@@ -279,6 +287,7 @@ def test_training_runs_without_tqdm_and_matplotlib(fake_data, tmp_path):
     assert set(json.loads(result.stdout.strip().splitlines()[-1])) == SUMMARY_KEYS
 
 
+@pytest.mark.slow
 def test_a_run_whose_steps_are_mostly_skipped_ends_with_a_warning(fake_mnist, tmp_path, capsys):
     # A learning rate this large overflows the weights after the first step; every later step
     # would write Inf and is skipped.
@@ -460,6 +469,7 @@ def test_a_bad_invocation_fails_in_one_line_naming_the_flag(
     assert files_under(tmp_path) == before  # nothing written, nothing changed
 
 
+@pytest.mark.slow
 def test_resuming_checkpoints_of_another_run_fails_in_one_line(fake_mnist, finished_run,
                                                              tmp_path, capsys):
     """Without arguments.json the flags cannot be checked before training; the checkpoint's
@@ -478,6 +488,7 @@ def test_resuming_checkpoints_of_another_run_fails_in_one_line(fake_mnist, finis
     assert files_under(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_a_checkpoint_the_disk_has_no_room_for_fails_in_one_line(fake_mnist, tmp_path, capsys,
                                                                  monkeypatch):
     free = type("Usage", (), {"free": 1000})()

@@ -43,6 +43,7 @@ def train_apply(model, variables, x, key, mutable=("batch_stats",)):
     return model.apply(variables, x, train=True, rngs={"dropout": key}, mutable=list(mutable))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FACTORIES)
 @pytest.mark.parametrize("use_batch_norm", [False, True])
 @pytest.mark.parametrize("dropout_rate", [0.0, 0.5])
@@ -277,6 +278,7 @@ def test_integer_input_is_refused(name, images, getkey):
         model.init(getkey(), images.astype(jnp.int32), train=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FACTORIES)
 @pytest.mark.parametrize("use_batch_norm", [False, True])
 def test_gradients_are_finite_and_reach_every_parameter(name, use_batch_norm, images, getkey):

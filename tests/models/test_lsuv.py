@@ -63,6 +63,7 @@ def _non_kernels(variables):
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_batch_norm", [False, True])
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 def test_every_layer_reaches_unit_output_variance(getkey, kind, use_batch_norm):

@@ -34,6 +34,7 @@ def _data():
     return jnp.asarray(x), jnp.asarray(y)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "build",
     [lambda: jt.adam(1e-2), lambda: jt.momentum(0.05, 0.9, form="lesson"),

@@ -212,6 +212,7 @@ DIFFERENCES: dict[str, list[Case]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("row", "case"),
     [(row, case) for row, cases in DIFFERENCES.items() for case in cases],

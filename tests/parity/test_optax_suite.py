@@ -19,6 +19,7 @@ def outcomes():
     return {target: suite.run(target) for target in ("optax", "jaxtricks")}
 
 
+@pytest.mark.slow
 def test_both_runs_select_the_same_tests(outcomes):
     assert set(outcomes["optax"]) == set(outcomes["jaxtricks"])
     # Every module contributes; a broken selection would lose whole modules, not a test or two.

@@ -51,6 +51,7 @@ def check_request(init, key, shape, dtype, *, random):
         assert not np.array_equal(np.asarray(other), np.asarray(value))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 @given(key=KEYS, shape=SHAPES, dtype=DTYPES_X64)
 def test_draws_the_requested_shape_and_dtype_as_a_function_of_the_key(name, key, shape, dtype):

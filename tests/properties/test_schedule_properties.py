@@ -141,6 +141,7 @@ def test_value_is_a_finite_nonnegative_float32_scalar(name, data):
         assert value >= 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 @given(data=st.data())
 def test_jit_and_vmap_equal_eager_calls(name, data):

@@ -193,6 +193,7 @@ class ContractTest(chex.TestCase):
         check_contract(problem, all_updates, states)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 @given(problem=problems(specs((FLOAT64, FLOAT32))))
 def test_float64_is_kept_under_x64(name, problem):
@@ -201,6 +202,7 @@ def test_float64_is_kept_under_x64(name, problem):
         check_contract(problem, *run(tx.update, tx, problem))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 @given(problem=problems(st.sampled_from(TEMPLATES), steps=2, batch=3))
 def test_vmap_over_independent_problems_equals_a_loop(name, problem):

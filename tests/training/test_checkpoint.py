@@ -342,6 +342,7 @@ def like(state, totals):
     return state, totals, {}
 
 
+@pytest.mark.slow
 def test_an_epoch_run_in_parts_equals_one_run():
     train_step = make_train_step(MODEL, OPTIMIZER)
     state = create_train_state(MODEL, OPTIMIZER, jax.random.key(0), jnp.asarray(TRAIN_IMAGES[:1]))
@@ -362,6 +363,7 @@ def test_an_epoch_run_in_parts_equals_one_run():
         run_epoch(runner, state, data, indices, start=3, stop=2, totals=runner.zero_totals())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("every_steps", "every_epochs", "expected"),
     [
@@ -394,6 +396,7 @@ def test_cadence(tmp_path, reference, zero_totals, every_steps, every_epochs, ex
         assert int(middle.tree[1]["steps"]) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume_from", [3, 8, 21])  # inside epoch 1, at its end, inside epoch 3
 def test_resuming_in_process_equals_the_uninterrupted_run(tmp_path, reference, resume_from):
     checkpoints = tmp_path / "checkpoints"
@@ -495,6 +498,7 @@ def test_bad_hook_arguments_are_refused(tmp_path, kwargs, name):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_a_used_directory_or_another_run_is_refused(tmp_path):
     run(CheckpointHook(tmp_path), epochs=1)
     with pytest.raises(ValueError, match="already holds the checkpoints of steps \\[8\\]"):
@@ -591,6 +595,7 @@ def test_bad_checkpoint_flags_fail_with_a_message(fake_mnist, tmp_path, capsys, 
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_command_line_checkpoints_into_out_and_resumes(fake_mnist, tmp_path, monkeypatch,
                                                             capsys):
     data, table = fake_mnist

@@ -69,6 +69,7 @@ def trained():
     return model, optimizer, states, history
 
 
+@pytest.mark.slow
 def test_members_equal_models_trained_alone_with_their_seeds(trained):
     model, optimizer, states, history = trained
     assert history.header["member_seeds"] == [SEED, SEED + 1, SEED + 2]
@@ -231,6 +232,7 @@ def test_padding_does_not_change_the_evaluation(trained):
     np.testing.assert_allclose(whole["member_loss"], padded["member_loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_learning_rate_sweep_equals_separate_runs():
     model = TinyNet(batch_norm=False, dropout_rate=0.0)
     rates = [0.01, 0.1, 0.4]
@@ -262,6 +264,7 @@ def test_the_ensemble_step_is_shared_and_steps_every_member():
     assert states.step.tolist() == [1, 1] and metrics["loss"].shape == (2,)
 
 
+@pytest.mark.slow
 def test_bad_arguments_raise_naming_them():
     model, optimizer = TinyNet(), sgd(0.1)
     images = jnp.asarray(TRAIN[0][:4])

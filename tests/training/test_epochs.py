@@ -86,6 +86,7 @@ def test_epoch_indices_refuse_bad_batch_size(batch_size):
         epoch_indices(DATA_KEY, 0, NUM_EXAMPLES, batch_size)
 
 
+@pytest.mark.slow
 def test_loop_and_scan_are_bit_identical(runners):
     results = {}
     for name, runner in runners.items():
@@ -134,6 +135,7 @@ def test_run_epoch_donates_where_the_backend_says_and_reports_progress(runners, 
     assert calls == [(5, 5), (10, 10), (12, 12)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("donate", [True, False])
 def test_the_loop_runner_donates_as_asked_with_the_same_result(train_step, donate):
     indices = epoch_indices(DATA_KEY, 1, NUM_EXAMPLES, BATCH)

@@ -228,6 +228,7 @@ def test_states_kept_by_callbacks_stay_valid(paths):
     assert_trees_equal(host(kept[-1]), host(state))
 
 
+@pytest.mark.slow
 def test_plain_and_cpu_speed_paths_give_the_same_training():
     from jaxtricks.models import CNN
 
@@ -248,6 +249,7 @@ def test_plain_and_cpu_speed_paths_give_the_same_training():
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_loss_of_ones_own_trains_an_autoencoder():
     x = TRAIN_IMAGES.reshape(len(TRAIN_IMAGES), -1)
 
@@ -277,6 +279,7 @@ def test_label_smoothing_through_optax_losses():
     assert min(history["loss"]) > 0.1
 
 
+@pytest.mark.slow
 def test_multi_steps_accumulates_gradients():
     multi = optax.MultiSteps(OPTIMIZER, every_k_schedule=4)
     # optax.MultiSteps mixes int32 and float32 in its own code: not strict-promotion clean.
@@ -302,6 +305,7 @@ class _NnxNet(nnx.Module):
         return self.head(self.dropout(x))
 
 
+@pytest.mark.slow
 def test_an_nnx_model_is_trained_in_place():
     model = _NnxNet(nnx.Rngs(0, dropout=1))
     before = np.asarray(model.head.kernel[...]).copy()

@@ -438,6 +438,7 @@ def stopped_and_averaged(*callbacks):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("resume_from", [4, 6, 9])  # inside epoch 2, its end, the stop
 def test_resuming_with_early_stopping_and_averaging_equals_the_uninterrupted_run(
         tmp_path, resume_from
@@ -466,6 +467,7 @@ def test_resuming_with_other_hooks_than_the_checkpoint_is_refused(tmp_path):
     assert CheckpointManager(tmp_path).steps() == [STEPS]  # the checkpoint is kept
 
 
+@pytest.mark.slow
 def test_resuming_with_reduce_on_plateau_alone_equals_the_uninterrupted_run(tmp_path):
     plateau = epoch_plateau(factor=0.5, patience=1, min_delta=NEVER)
     optimizer = optax.chain(OPTIMIZER, scale_by_plateau(plateau))
@@ -535,6 +537,7 @@ def test_two_gradient_states_or_a_batched_one_are_refused(getkey):
         health_record(states.opt_state)
 
 
+@pytest.mark.slow
 def test_fit_logs_the_health_of_the_last_step_of_every_epoch():
     tx = optax.chain(gradient_health(), optax.sgd(0.05), update_health())
     state, history = run(optimizer=tx, epochs=2)

@@ -200,6 +200,7 @@ def test_train_step_skips_poisoned_steps_and_keeps_learning():
     assert means[-1] < 0.5 * means[0]
 
 
+@pytest.mark.slow
 def test_fit_skips_every_batch_holding_a_nan_or_inf_image():
     images, labels = mnist_shaped(seed=1, num_examples=4 * BATCH)
     poisoned = {17: np.nan, 90: -np.inf}

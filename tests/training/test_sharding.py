@@ -127,6 +127,7 @@ def test_sharding_arguments_are_checked():
         shard_dataset(np.zeros((0, 3), np.float32), make_mesh(1))
 
 
+@pytest.mark.slow
 def test_a_one_device_mesh_trains_like_no_mesh_and_donates_the_state(getkey, allclose):
     images, labels = toy_problem(0, 16)
     optimizer = optax.chain(jt.clip_by_global_norm(1.0), jt.adamw(1e-2, weight_decay=1e-2))
@@ -171,6 +172,7 @@ def test_train_state_sharding_replicates_all_but_zero1_optimizer_state():
 # --- 8 simulated devices, in a subprocess ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_are_over_the_whole_global_batch(checks):
     result = checks["batch_norm"]
     for name in ("mean", "var"):

@@ -96,6 +96,7 @@ def test_train_step_reduces_loss(train_step):
     assert accuracies[-8:].mean() > 0.9
 
 
+@pytest.mark.slow
 def test_train_step_donates_the_state_when_asked():
     donating = make_train_step(MODEL, OPTIMIZER, donate=True)
     state = fresh_state()
@@ -393,6 +394,7 @@ class _NoFlag(nn.Module):
         return nn.Dense(CLASSES)(x.reshape((x.shape[0], -1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [_Training(), _Deterministic(), _NoFlag()],
                          ids=["training", "deterministic", "none"])
 def test_every_train_flag_trains_with_dropout_and_evaluates_without(model):

@@ -235,6 +235,7 @@ def _adam(gs, b1s, b2, eps, eps_root, round_mu=None, nesterov=False):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("b1", "b2", "eps", "eps_root"),
     [(0.9, 0.999, 1e-8, 0.0), (0.5, 0.8, 0.1, 0.0), (0.7, 0.9, 1e-3, 0.05), (0.0, 0.0, 1e-8, 0.0)],

@@ -204,6 +204,7 @@ def test_low_precision_gradients_are_summed_in_float32():
         _close(norm, _numpy_norm([np.asarray(leaf, np.float32) for leaf in leaves]), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_get_health_through_wrappers_and_vmap():
     inner = optax.chain(gradient_health(), scale_by_adam(), update_health())
     tx = optax.inject_hyperparams(lambda rate: optax.chain(inner, sgd(rate)))(rate=0.1)

@@ -78,6 +78,7 @@ def _assert_trees(actual, expected, *, exact, rtol=0.0):
             np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ALL))
 def test_equals_the_unflattened_transform_on_float32_and_bfloat16(name):
     params = _tree(0)
@@ -91,6 +92,7 @@ def test_equals_the_unflattened_transform_on_float32_and_bfloat16(name):
     assert float(jnp.max(jnp.abs(plain[-1]["dense"]["kernel"] - params["dense"]["kernel"]))) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(ELEMENTWISE))
 def test_elementwise_transforms_give_the_same_bits_in_float64(name):
     with jax.enable_x64(True):

@@ -150,6 +150,7 @@ def assert_same_as_jax(scale, mode, distribution, shape, axes, key, dtype=None):
     np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("shape", "axes"), AXIS_CONFIGS)
 @pytest.mark.parametrize("mode", MODES)
 def test_variance_scaling_fans_match_jax(mode, shape, axes, getkey):
@@ -162,6 +163,7 @@ def test_variance_scaling_distributions_match_jax(mode, distribution, getkey):
     assert_same_as_jax(0.7, mode, distribution, (3, 3, 32, 64), {}, getkey())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("distribution", ["normal", "truncated_normal", "uniform"])
 def test_complex_variance_scaling_matches_jax(distribution, getkey):
     assert_same_as_jax(2.0, "fan_in", distribution, (3, 3, 32, 64), {}, getkey(), jnp.complex64)
@@ -192,6 +194,7 @@ def test_named_match_jax_named_with_jax_defaults(ours, theirs, shape, getkey, al
     allclose(ours()(key, shape), theirs()(key, shape), rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_options_match_jax(getkey, allclose):
     key = getkey()
     pairs = [
@@ -395,6 +398,7 @@ def test_works_under_jit(factory, getkey, allclose):
              rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("factory", FACTORIES)
 def test_output_dtype_is_requested_and_rounds_the_float32_draw(factory, dtype, getkey):

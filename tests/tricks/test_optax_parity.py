@@ -128,6 +128,7 @@ def test_adam_has_one_count_as_optax():
     assert int(optax.tree.get(jt.adamw(1e-3).init(PARAMS), "count")) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "build", "same_class"), PAIRS, ids=IDS)
 def test_same_trajectory_as_optax(name, build, same_class):
     grads = _grads(6)
@@ -138,6 +139,7 @@ def test_same_trajectory_as_optax(name, build, same_class):
     assert _paths(ours_state) == _paths(theirs_state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "build", "same_class"), PAIRS, ids=IDS)
 def test_an_optax_state_saved_with_orbax_restores_and_continues(name, build, same_class, tmp_path):
     grads = _grads(6)
@@ -156,6 +158,7 @@ def test_an_optax_state_saved_with_orbax_restores_and_continues(name, build, sam
     _assert_close(continued, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "build"),
     [(n, b) for n, b, _ in PAIRS if n not in ("clip_then_adam", "apply_if_finite_adam")],
@@ -170,6 +173,7 @@ def test_complex_parameters_follow_optax(name, build):
     _assert_close(ours_path, theirs_path, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 def test_scalar_hyperparameters_of_any_float_dtype(dtype):
     # Optax takes Adam's β^t in the hyperparameter's dtype, jaxtricks in float32: with a

@@ -123,6 +123,7 @@ def _max_relative_difference(ours, theirs):
     return worst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "ours", "theirs"), PAIRS, ids=IDS)
 def test_matches_optax_float32_over_200_steps(name, ours, theirs, getkey):
     params = _random_tree(getkey(), jnp.float32)
@@ -133,6 +134,7 @@ def test_matches_optax_float32_over_200_steps(name, ours, theirs, getkey):
     assert _max_relative_difference(mine, params) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "ours", "theirs"), EXACT_PAIRS, ids=EXACT_IDS)
 def test_updates_equal_optax_in_float64(name, ours, theirs, getkey):
     # Both optimizers see the same gradients and parameters at every step (the parameters
@@ -265,6 +267,7 @@ def test_converges_on_rosenbrock(name):
     np.testing.assert_allclose(w, jnp.array([1.0, 1.0]), atol=5e-2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SUITE))
 def test_jit_equals_eager_and_second_call_does_not_recompile(name, getkey):
     tx = SUITE[name](0.01)
@@ -289,6 +292,7 @@ def test_jit_equals_eager_and_second_call_does_not_recompile(name, getkey):
         np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("name", list(SUITE))
 def test_update_dtype_equals_gradient_dtype(name, dtype, getkey):

@@ -140,6 +140,7 @@ def _values(schedule, counts=COUNTS):
     return np.asarray(values, dtype=np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "make", "make_reference"), CASES, ids=IDS)
 def test_matches_optax(name, make, make_reference):
     ours = _values(make())

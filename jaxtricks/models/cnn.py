@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from jaxtricks.models._blocks import Classifier, check_input, check_sizes
-from jaxtricks.tricks._checks import check_int
+from jaxtricks.models.blocks import Classifier, check_input, check_sizes
+from jaxtricks.tricks.checks import check_int
 
 
 def _average_pool_2x2(h: jax.Array) -> jax.Array:

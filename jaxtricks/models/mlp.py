@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from jaxtricks.models._blocks import Classifier, check_input, check_sizes
+from jaxtricks.models.blocks import Classifier, check_input, check_sizes
 
 
 class MLP(Classifier):

@@ -19,13 +19,13 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from jaxtricks.models._blocks import (
+from jaxtricks.models.blocks import (
     Classifier,
     NormActModule,
     check_input,
     check_sizes,
 )
-from jaxtricks.tricks._checks import check_int
+from jaxtricks.tricks.checks import check_int
 
 
 class ResidualBlock(NormActModule):

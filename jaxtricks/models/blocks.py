@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtricks.models.batch_norm import BatchNorm
-from jaxtricks.tricks._checks import check_callable, check_int, check_range
+from jaxtricks.tricks.checks import check_callable, check_int, check_range
 from jaxtricks.tricks.initializers import he_normal
 
 Initializer = Callable[..., jax.Array]

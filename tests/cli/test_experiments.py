@@ -15,6 +15,7 @@ import pytest
 
 from jaxtricks.cli import experiment, experiments
 from jaxtricks.cli.experiments import common
+from jaxtricks.cli.experiments.provenance import code_fingerprint
 from jaxtricks.cli.main import main
 from jaxtricks.data import DatasetNotFoundError, load, splits
 
@@ -99,7 +100,9 @@ def _fake_experiment(calls):
         common.plot_curves(ax, results["summary"], "acc")
         return common.save_figure(fig, path)
 
-    return types.SimpleNamespace(NAME="fake", CLAIM="L0: a claim", FULL={"seeds": 3, "n": 10},
+    # A real experiment is a module; its name is what provenance fingerprints.
+    return types.SimpleNamespace(__name__="jaxtricks.cli.experiments.common", NAME="fake",
+                                 CLAIM="L0: a claim", FULL={"seeds": 3, "n": 10},
                                  QUICK={"seeds": 1, "n": 2}, run=run, plot=plot)
 
 
@@ -117,6 +120,9 @@ def test_run_experiment_records_config_seeds_times_and_machine(tmp_path):
     assert saved["wall_time_s"] > 0 and saved["cpu_time_s"] >= 0
     assert saved["machine"]["cpu_count"] >= 1 and saved["machine"]["jax"]
     assert saved["command"] == "cmd" and results["headline"] == ["c: fine"]
+    assert saved["provenance"]["module"] == "jaxtricks.cli.experiments.common"
+    assert saved["provenance"]["code_fingerprint"] == code_fingerprint(
+        "jaxtricks.cli.experiments.common")
     assert lines[0] == "ran" and "fake:" in lines[1] and lines[-1] == "  c: fine"
     common.run_experiment(module, out_dir=tmp_path / "full", log=lines.append)
     assert calls[-1] == ({"seeds": 3, "n": 10}, [0, 1, 2])

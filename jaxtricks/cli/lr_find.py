@@ -180,7 +180,7 @@ def draw_curve(ax: Any, result: dict[str, Any], *, label: str | None = None,
         ax.axvline(result["suggestion_min_over_10"], color=line.get_color(), linestyle="--",
                    alpha=0.6)
     ax.set_xscale("log")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
 
 
 def loss_limits(results: list[dict[str, Any]]) -> tuple[float, float] | None:

@@ -330,6 +330,12 @@ def _check_lr_find(saved, conditions):
             assert ratio == pytest.approx(value / reference)
             assert final[f"within_3x_{name}"] == int(1 / 3 <= ratio <= 3)
             assert config["min_lr"] / 10 <= value <= curves["learning_rates"][-1]
+    assert list(saved["grids"]) == config["optimizers"]
+    for grid in saved["grids"].values():
+        low, middle, high = grid["grid"]
+        assert low * 3 == pytest.approx(middle) and middle * 3 == pytest.approx(high)
+        matches = [rate == pytest.approx(grid["chosen"]) for rate in grid["grid"]]
+        assert sum(matches) == 1 and grid["at_edge"] == (not matches[1])
 
 
 CHECKS = {

@@ -118,8 +118,8 @@ def run(config: dict[str, Any], seeds: list[int], log: common.Log) -> dict[str, 
     data = common.load_data(config["dataset"], train_examples=config["train_examples"],
                             validation_examples=config["validation_examples"])
     model = MLP(features=tuple(config["features"]))
-    grid = optimizers_experiment.FULL["learning_rates"]
-    conditions = [(label, model, _factory(label), data, grid[label])
+    chosen = optimizers_experiment.FULL["learning_rates"]
+    conditions = [(label, model, _factory(label), data, chosen[label])
                   for label in config["optimizers"]]
     main_model, main_optimizer, main_data = _main_job(config)
     conditions.append((MAIN_JOB, main_model, main_optimizer, main_data,
@@ -151,7 +151,15 @@ def run(config: dict[str, Any], seeds: list[int], log: common.Log) -> dict[str, 
                 "train_examples": result["settings"]["train_examples"],
             })
     summary = common.summarize(runs)
-    return {"runs": runs, "summary": summary, "headline": _headline(summary, runs)}
+    # The pilot's grid {η₀/3, η₀, 3η₀}: a choice at its edge may be short of the best rate,
+    # which may then lie beyond the grid.
+    grids = {}
+    for label in config["optimizers"]:
+        rate = optimizers_experiment.CONVENTIONAL[label]
+        grids[label] = {"grid": [rate / 3, rate, 3 * rate], "chosen": chosen[label],
+                        "at_edge": not math.isclose(chosen[label], rate, rel_tol=1e-9)}
+    return {"runs": runs, "summary": summary, "grids": grids,
+            "headline": _headline(summary, runs)}
 
 
 def _headline(summary: dict[str, Any], runs: list[dict[str, Any]]) -> list[str]:

@@ -313,13 +313,13 @@ def _check_lr_find(saved, conditions):
     assert conditions == [*config["optimizers"], module.MAIN_JOB]
     grid = experiments.get("optimizers").FULL["learning_rates"]
     for run in saved["runs"]:
-        curves, final = run["curves"], run["final"]
+        curves, final = run["range_test"], run["final"]
         steps = len(curves["learning_rates"])
         assert final["steps"] == steps <= config["num_steps"]
         assert len(curves["losses"]) == len(curves["smoothed_losses"]) == steps
         assert curves["learning_rates"][0] == pytest.approx(config["min_lr"])
         assert all(b > a for a, b in itertools.pairwise(curves["learning_rates"]))
-        assert final["diverged"] == int(run["stop_reason"] != "completed")
+        assert final["diverged"] == int(curves["stop_reason"] != "completed")
         reference = (config["main_job_learning_rate"] if run["condition"] == module.MAIN_JOB
                      else grid[run["condition"]])
         assert final["reference_lr"] == pytest.approx(reference)

@@ -142,12 +142,12 @@ def run(config: dict[str, Any], seeds: list[int], log: common.Log) -> dict[str, 
             runs.append({
                 "condition": label,
                 "seed": seed,
-                "curves": {key: result[key]
-                           for key in ("learning_rates", "losses", "smoothed_losses")},
+                # Per step, not per epoch: kept out of "curves", which the summary averages.
+                "curves": {},
+                "range_test": {key: result[key] for key in (
+                    "learning_rates", "losses", "smoothed_losses", "stop_reason",
+                    "steepest_index", "minimum_index")},
                 "final": final,
-                "stop_reason": result["stop_reason"],
-                "steepest_index": result["steepest_index"],
-                "minimum_index": result["minimum_index"],
                 "train_examples": result["settings"]["train_examples"],
             })
     summary = common.summarize(runs)
@@ -199,11 +199,8 @@ def plot(results: dict[str, Any], path: str) -> str:
     grid = fig.add_gridspec(rows + 1, columns)
     for index, condition in enumerate(conditions):
         ax = fig.add_subplot(grid[index // columns, index % columns])
-        records = [
-            {**run["curves"], **run["final"], "steepest_index": run["steepest_index"],
-             "minimum_index": run["minimum_index"]}
-            for run in results["runs"] if run["condition"] == condition
-        ]
+        records = [{**run["range_test"], **run["final"]}
+                   for run in results["runs"] if run["condition"] == condition]
         for record in records:
             draw_curve(ax, record)
         limits = loss_limits(records)

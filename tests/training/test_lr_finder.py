@@ -249,3 +249,22 @@ def test_labels_outside_the_outputs_are_refused(mnist):
     images, labels = mnist
     with pytest.raises(ValueError, match=r"y must hold integer labels in \[0, 9\]"):
         find_learning_rate(MODEL, jt.adam, images, labels + 1)
+
+
+@pytest.mark.slow
+def test_an_nnx_module_is_tested_and_left_as_it_was():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden, self.out = nnx.Linear(4, 16, rngs=rngs), nnx.Linear(16, 1, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(nnx.relu(self.hidden(x)))
+
+    net = Net(nnx.Rngs(0))
+    before = jax.tree.map(np.array, nnx.state(net))
+    result = find_learning_rate(net, jt.sgd, *_regression(), min_lr=1e-3, max_lr=1e2,
+                                num_steps=60, batch_size=32, loss_fn=_squared_error)
+    assert result.stop_reason == "diverged" and result.suggestion_steepest is not None
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, nnx.state(net)), before)

@@ -23,9 +23,9 @@ one.
 
 Two suggestions are read off the smoothed curve (:func:`suggest_learning_rates`):
 
-- **steepest**: the η_i where s falls fastest, argmin_i ds/d(log η) over the points from the
-  first 10 % of the curve's end up to its minimum (the earliest points are dominated by the
-  average's few samples, and past the minimum the slope only rises);
+- **steepest**: the η_i where s falls fastest, argmin_i ds/d(log η) over the points after the
+  curve's first 10 % and up to its minimum (the earliest points average few samples, so their
+  slope is mostly noise; past the minimum the curve only rises);
 - **minimum / 10**: (the η at the minimum of s) / 10, one decade before the loss turns up.
 
 The test runs on its own copy of the state (built from ``seed`` as
@@ -208,9 +208,9 @@ def _sweep_step(train_step, carry: _Sweep, data, indices, learning_rates, smooth
 
 def _check_number(name: str, value: Any, low: float, *, low_open: bool = False,
                   high: float | None = None, high_open: bool = False) -> float:
-    real = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value,
-                                                                                      bool)
-    ok = real and math.isfinite(value) and (value > low if low_open else value >= low)
+    number = isinstance(value, int | float | np.integer | np.floating)
+    ok = number and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:

@@ -91,49 +91,9 @@ class CommandError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``train`` flags to ``parser``."""
-    data = parser.add_argument_group("data (L1)")
-    data.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist",
-                      help="which dataset to train on")
-    data.add_argument("--data-dir", default=None,
-                      help="folder holding the four IDX files (else JAXTRICKS_DATA_DIR, the "
-                           "cache, system paths, then download)")
-    data.add_argument("--train-examples", type=int, default=None,
-                      help="train on the first N training images only (default: all but the "
-                           "validation images)")
-    data.add_argument("--validation-examples", type=int, default=5000,
-                      help="hold out the last N training images as validation data (0: none; "
-                           "then --monitor must be a training metric)")
-    data.add_argument("--scaling", choices=("standardize", "unit", "raw"), default="standardize",
-                      help="inputs: standardize with training statistics, scale to [0,1], or "
-                           "raw 0-255")
-    model = parser.add_argument_group("model (L2, L3, L4, L7)")
-    model.add_argument("--model", choices=tuple(MODELS), default="cnn", help="architecture")
-    model.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True,
-                       help="batch normalization after the weights, before the activation")
-    model.add_argument("--dropout", type=float, default=0.1, help="dropout rate in [0, 1)")
-    model.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu",
-                       help="activation function")
-    model.add_argument("--initializer", default="he_normal",
-                       help=f"kernel initializer, one of: {', '.join(initializers.NAMES)}")
-    optim = parser.add_argument_group("optimization (L5, L6)")
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
-                       help="optimizer (momentum_lesson: v <- g*v - lr*grad, w <- w + v)")
-    optim.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate")
-    optim.add_argument("--momentum", type=float, default=0.9,
-                       help="momentum for momentum, momentum_lesson, nesterov, rmsprop")
-    optim.add_argument("--schedule", choices=SCHEDULES, default="one_cycle",
-                       help="learning-rate schedule over the run")
-    optim.add_argument("--decay-factor", type=float, default=0.98,
-                       help="per_epoch: multiply the rate by this after each epoch; step: "
-                            "the factor every --step-epochs epochs")
-    optim.add_argument("--step-epochs", type=int, default=1, help="step schedule period")
-    optim.add_argument("--warmup-epochs", type=float, default=1.0,
-                       help="warmup_cosine: epochs of linear warm-up")
-    optim.add_argument("--clip", choices=CLIPPING, default="none", help="gradient clipping")
-    optim.add_argument("--clip-threshold", type=float, default=1.0,
-                       help="clipping threshold (the lesson suggests 1 or 10)")
-    optim.add_argument("--weight-decay", type=float, default=0.0,
-                       help="decoupled weight decay for adamw, coupled L2 for the others")
+    add_data_arguments(parser.add_argument_group("data (L1)"))
+    add_model_arguments(parser.add_argument_group("model (L2, L3, L4, L7)"))
+    add_optimizer_arguments(parser.add_argument_group("optimization (L5, L6)"))
     guard = parser.add_argument_group("against overfitting (L5) and diagnostics")
     guard.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a better --monitor and keep the "
@@ -193,6 +153,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="continue the run whose checkpoints are in the checkpoint folder, "
                            "from the newest that verifies (damaged ones are skipped with a "
                            "warning), with that run's flags; without a checkpoint, start afresh")
+
+
+def add_data_arguments(group: Any) -> None:
+    """Adds the flags that choose the data (``--dataset`` ... ``--scaling``) to ``group``, an
+    argument parser or group."""
+    group.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist",
+                       help="which dataset to train on")
+    group.add_argument("--data-dir", default=None,
+                       help="folder holding the four IDX files (else JAXTRICKS_DATA_DIR, the "
+                            "cache, system paths, then download)")
+    group.add_argument("--train-examples", type=int, default=None,
+                       help="train on the first N training images only (default: all but the "
+                            "validation images)")
+    group.add_argument("--validation-examples", type=int, default=5000,
+                       help="hold out the last N training images as validation data (0: none; "
+                            "then --monitor must be a training metric)")
+    group.add_argument("--scaling", choices=("standardize", "unit", "raw"), default="standardize",
+                       help="inputs: standardize with training statistics, scale to [0,1], or "
+                            "raw 0-255")
+
+
+def add_model_arguments(group: Any) -> None:
+    """Adds the flags that define the model (``--model`` ... ``--initializer``) to ``group``."""
+    group.add_argument("--model", choices=tuple(MODELS), default="cnn", help="architecture")
+    group.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True,
+                       help="batch normalization after the weights, before the activation")
+    group.add_argument("--dropout", type=float, default=0.1, help="dropout rate in [0, 1)")
+    group.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu",
+                       help="activation function")
+    group.add_argument("--initializer", default="he_normal",
+                       help=f"kernel initializer, one of: {', '.join(initializers.NAMES)}")
+
+
+def add_optimizer_arguments(group: Any, *, schedule: bool = True) -> None:
+    """Adds the optimizer flags to ``group``; with ``schedule``, the learning rate and its
+    schedule too (``--learning-rate``, ``--schedule``, ``--decay-factor``, ``--step-epochs``,
+    ``--warmup-epochs``)."""
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                       help="optimizer (momentum_lesson: v <- g*v - lr*grad, w <- w + v)")
+    if schedule:
+        group.add_argument("--learning-rate", type=float, default=2e-3,
+                           help="peak learning rate")
+    group.add_argument("--momentum", type=float, default=0.9,
+                       help="momentum for momentum, momentum_lesson, nesterov, rmsprop")
+    if schedule:
+        group.add_argument("--schedule", choices=SCHEDULES, default="one_cycle",
+                           help="learning-rate schedule over the run")
+        group.add_argument("--decay-factor", type=float, default=0.98,
+                           help="per_epoch: multiply the rate by this after each epoch; step: "
+                                "the factor every --step-epochs epochs")
+        group.add_argument("--step-epochs", type=int, default=1, help="step schedule period")
+        group.add_argument("--warmup-epochs", type=float, default=1.0,
+                           help="warmup_cosine: epochs of linear warm-up")
+    group.add_argument("--clip", choices=CLIPPING, default="none", help="gradient clipping")
+    group.add_argument("--clip-threshold", type=float, default=1.0,
+                       help="clipping threshold (the lesson suggests 1 or 10)")
+    group.add_argument("--weight-decay", type=float, default=0.0,
+                       help="decoupled weight decay for adamw, coupled L2 for the others")
 
 
 def parse_devices(text: str) -> int:
@@ -470,7 +488,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 2
 
 
-def _split_data(args: argparse.Namespace) -> Splits:
+def split_data(args: argparse.Namespace) -> Splits:
+    """The splits the data flags ask for; ``CommandError`` naming the flag when they cannot be
+    loaded or a count is out of range."""
     try:
         data = load_splits(args.dataset, train_examples=args.train_examples,
                            validation_examples=args.validation_examples, scaling=args.scaling,
@@ -496,7 +516,7 @@ def _train(args: argparse.Namespace) -> int:
     validate(args)
     arguments_path = prepare_output(args, getattr(args, "given", set()))
     mesh = build_mesh(args)
-    data = _split_data(args)
+    data = split_data(args)
     validation = (data.val_x, data.val_y) if args.validation_examples else None
     steps_per_epoch = data.train_x.shape[0] // args.batch_size
     model = build_model(args)

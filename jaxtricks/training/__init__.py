@@ -7,6 +7,10 @@
 - :mod:`~jaxtricks.training.hooks`: what happens around epochs (early stopping, averaging,
   plateau, progress, metrics file, evaluation of other sets, user callbacks), one protocol.
 - :mod:`~jaxtricks.training.fit`: :func:`fit` and its epoch loop :func:`train_epochs`.
+- :mod:`~jaxtricks.training.lr_finder`: the learning-rate range test
+  (:func:`find_learning_rate`), a short run over a train step that suggests a learning rate.
+- :mod:`~jaxtricks.training.hyperparams`: hyperparameters injected into an optimizer's state,
+  set from outside it (:func:`set_hyperparams`).
 - :mod:`~jaxtricks.training.checkpoint`, :mod:`~jaxtricks.training.sharding`,
   :mod:`~jaxtricks.training.ensemble`, :mod:`~jaxtricks.training.averaging`: checkpoints
   (Orbax, loaded on first use), data parallelism, ensembles, batch statistics for averaged
@@ -53,6 +57,13 @@ from jaxtricks.training.hooks import (
     health_record,
     learning_rate_of,
 )
+from jaxtricks.training.hyperparams import set_hyperparams
+from jaxtricks.training.lr_finder import (
+    LRFinderResult,
+    LRSuggestions,
+    find_learning_rate,
+    suggest_learning_rates,
+)
 from jaxtricks.training.model import FunctionalModel, functional_model
 from jaxtricks.training.sharding import (
     batch_sharding,
@@ -91,6 +102,8 @@ __all__ = [
     "HealthHook",
     "History",
     "Hook",
+    "LRFinderResult",
+    "LRSuggestions",
     "LambdaHook",
     "MetricsFileHook",
     "PlateauHook",
@@ -109,6 +122,7 @@ __all__ = [
     "epoch_indices",
     "evaluate",
     "evaluate_ensemble",
+    "find_learning_rate",
     "fit",
     "fit_ensemble",
     "functional_model",
@@ -127,11 +141,13 @@ __all__ = [
     "replicate",
     "replicated_sharding",
     "run_epoch",
+    "set_hyperparams",
     "shard_batch",
     "shard_dataset",
     "shard_train_state",
     "softmax_cross_entropy",
     "split_validation",
+    "suggest_learning_rates",
     "train_epochs",
     "train_state_sharding",
     "zero1_sharding",

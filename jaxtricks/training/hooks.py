@@ -35,10 +35,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxtricks.files import write_json
 from jaxtricks.training.history import EpochRecord, History
+from jaxtricks.training.hyperparams import INJECTED_STATES
 from jaxtricks.training.model import FunctionalModel
 from jaxtricks.training.state import TrainState
 from jaxtricks.tricks.averaging import ParamAveraging
@@ -517,9 +517,9 @@ def learning_rate_of(opt_state: Any) -> float | None:
         >>> learning_rate_of(optax.adam(0.1).init({"w": jnp.zeros(2)})) is None
         True
     """
-    kinds = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
-    for node in jax.tree.leaves(opt_state, is_leaf=lambda node: isinstance(node, kinds)):
-        if isinstance(node, kinds) and "learning_rate" in node.hyperparams:
+    for node in jax.tree.leaves(opt_state,
+                                is_leaf=lambda node: isinstance(node, INJECTED_STATES)):
+        if isinstance(node, INJECTED_STATES) and "learning_rate" in node.hyperparams:
             value = node.hyperparams["learning_rate"]
             if jnp.ndim(value) == 0:
                 return float(value)

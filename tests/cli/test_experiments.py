@@ -182,7 +182,8 @@ def test_a_missing_dataset_exits_with_a_message(tmp_path, monkeypatch, capsys):
 
 def test_get_names_every_experiment_and_refuses_others():
     assert set(experiments.NAMES) == {"scaling", "initialization", "batch_norm", "dropout",
-                                      "overfitting", "optimizers", "clipping", "lr_decay"}
+                                      "overfitting", "optimizers", "clipping", "lr_decay",
+                                      "lr_find"}
     for name in experiments.NAMES:
         module = experiments.get(name)
         assert module.NAME == name and module.CLAIM.startswith("L")
@@ -230,6 +231,8 @@ def _check_common_structure(name, saved, out):
                 assert all(0.0 <= v <= 1.0 for v in curve), key
     for condition, s in saved["summary"].items():
         assert s["seeds"] == saved["seeds"], condition
+        if name == "lr_find":  # measures learning rates, trains to no accuracy
+            continue
         accuracy = s["final"]["test_accuracy"]
         assert 0.0 <= accuracy["mean"] <= 1.0 and accuracy["std"] >= 0.0
         assert accuracy["n"] == len(saved["seeds"])
@@ -310,6 +313,37 @@ def _check_lr_decay(saved, conditions):
     assert rates["cosine"][-1] < rates["cosine"][0]
 
 
+def _check_lr_find(saved, conditions):
+    config = saved["config"]
+    module = experiments.get("lr_find")
+    assert conditions == [*config["optimizers"], module.MAIN_JOB]
+    grid = experiments.get("optimizers").FULL["learning_rates"]
+    for run in saved["runs"]:
+        curves, final = run["range_test"], run["final"]
+        steps = len(curves["learning_rates"])
+        assert final["steps"] == steps <= config["num_steps"]
+        assert len(curves["losses"]) == len(curves["smoothed_losses"]) == steps
+        assert curves["learning_rates"][0] == pytest.approx(config["min_lr"])
+        assert all(b > a for a, b in itertools.pairwise(curves["learning_rates"]))
+        assert final["diverged"] == int(curves["stop_reason"] != "completed")
+        reference = (config["main_job_learning_rate"] if run["condition"] == module.MAIN_JOB
+                     else grid[run["condition"]])
+        assert final["reference_lr"] == pytest.approx(reference)
+        for name in module.SUGGESTIONS:
+            value, ratio = final[f"suggestion_{name}"], final[f"ratio_{name}"]
+            if value is None:
+                continue
+            assert ratio == pytest.approx(value / reference)
+            assert final[f"within_3x_{name}"] == int(1 / 3 <= ratio <= 3)
+            assert config["min_lr"] / 10 <= value <= curves["learning_rates"][-1]
+    assert list(saved["grids"]) == config["optimizers"]
+    for grid in saved["grids"].values():
+        low, middle, high = grid["grid"]
+        assert low * 3 == pytest.approx(middle) and middle * 3 == pytest.approx(high)
+        matches = [rate == pytest.approx(grid["chosen"]) for rate in grid["grid"]]
+        assert sum(matches) == 1 and grid["at_edge"] == (not matches[1])
+
+
 CHECKS = {
     "scaling": _check_scaling,
     "initialization": _check_initialization,
@@ -319,6 +353,7 @@ CHECKS = {
     "optimizers": _check_optimizers,
     "clipping": _check_clipping,
     "lr_decay": _check_lr_decay,
+    "lr_find": _check_lr_find,
 }
 
 

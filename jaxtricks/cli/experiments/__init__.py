@@ -16,6 +16,7 @@ NAMES = (
     "optimizers",
     "clipping",
     "lr_decay",
+    "lr_find",
     "dropout",
 )
 

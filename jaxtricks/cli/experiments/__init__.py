@@ -2,7 +2,7 @@
 
 Each module holds one experiment (its full and quick configs, ``run`` and ``plot``);
 :mod:`jaxtricks.cli.experiments.common` holds what they share. :data:`NAMES` lists them in the
-order ``all`` runs them: the cheap MLP ones first, the CNN one last.
+order ``all`` runs them: the cheap MLP ones first, the CNN ones last.
 """
 
 import importlib
@@ -17,6 +17,7 @@ NAMES = (
     "clipping",
     "lr_decay",
     "dropout",
+    "precision",
 )
 
 

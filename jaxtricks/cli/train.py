@@ -41,24 +41,28 @@ from jaxtricks.training import (
     Hook,
     LambdaHook,
     MetricsFileHook,
+    accuracy,
     evaluate,
     fit,
     make_eval_step,
 )
 from jaxtricks.training.checkpoint import CheckpointManager, CheckpointSaveError
+from jaxtricks.training.precision import PRECISIONS
 from jaxtricks.training.sharding import make_mesh
 from jaxtricks.tricks import initializers, optimizers, schedules
 from jaxtricks.tricks.averaging import ema_params, swa_params
 from jaxtricks.tricks.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from jaxtricks.tricks.diagnostics import gradient_health, update_health
+from jaxtricks.tricks.soft_targets import mixup, smoothed_cross_entropy
 from jaxtricks.tricks.weight_decay import add_l2_penalty
 
 DESCRIPTION = (
     "Train on real MNIST or Fashion-MNIST, jit-compiled, with every trick of the lesson "
     "switchable: input scaling (L1), initializer (L2), batch norm (L3), dropout (L4), weight "
-    "decay, early stopping and weight averaging (L5), optimizer, clipping and learning-rate "
-    "schedule (L6), architecture (L7). Holds out validation images for every choice, reports "
-    "the test set apart, and writes metrics.json and curves.png into --out."
+    "decay, early stopping, weight averaging, label smoothing and mixup (L5), optimizer, "
+    "clipping and learning-rate schedule (L6), architecture (L7), and mixed precision. Holds "
+    "out validation images for every choice, reports the test set apart, and writes "
+    "metrics.json and curves.png into --out."
 )
 
 MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
@@ -107,12 +111,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     guard.add_argument("--swa-start", type=int, default=None, metavar="EPOCH",
                        help="also evaluate the uniform average (SWA) of the weights of epochs "
                             ">= EPOCH")
+    guard.add_argument("--label-smoothing", type=float, default=0.0, metavar="ALPHA",
+                       help="train on targets (1 - ALPHA) one-hot + ALPHA / classes, in [0, 1]; "
+                            "0: off")
+    guard.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
+                       help="train on mixup batches: pairs of images and their targets mixed "
+                            "with a weight ~ Beta(ALPHA, ALPHA), ALPHA > 0; unset: off")
     guard.add_argument("--gradient-health", action="store_true",
                        help="record per-layer gradient and update norms (logged per epoch in "
                             "metrics.json) and plot the gradient norms to gradient_norms.png")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--epochs", type=int, default=4, help="epochs")
     run_group.add_argument("--batch-size", type=int, default=128, help="batch size")
+    run_group.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                           help="compute dtype: float32, bfloat16, or float16 with dynamic loss "
+                                "scaling; parameters and optimizer state stay float32")
     run_group.add_argument("--seed", type=int, default=0, help="random seed in [0, 2**63)")
     run_group.add_argument("--runner", choices=("auto", "loop", "scan"), default=None,
                            help="epoch runner: Python loop or lax.scan; auto times both; unset: "
@@ -269,6 +282,13 @@ def validate(args: argparse.Namespace) -> None:
         _check(_finite(args.ema) and 0 <= args.ema <= 1, "--ema", "a number in [0, 1]", args.ema)
     if args.swa_start is not None:
         _check(args.swa_start >= 1, "--swa-start", "an integer >= 1", args.swa_start)
+    _check(args.precision in PRECISIONS, "--precision", f"one of {', '.join(PRECISIONS)}",
+           args.precision)
+    _check(_finite(args.label_smoothing) and 0 <= args.label_smoothing <= 1,
+           "--label-smoothing", "a number in [0, 1]", args.label_smoothing)
+    if args.mixup is not None:
+        _check(_finite(args.mixup) and args.mixup > 0, "--mixup", "a finite number > 0",
+               args.mixup)
     if args.ema is not None and args.swa_start is not None:
         raise CommandError("--ema and --swa-start are two averages: give one of them")
     if args.monitor.endswith("_averaged") and args.ema is None and args.swa_start is None:
@@ -556,13 +576,22 @@ def _train(args: argparse.Namespace) -> int:
             resume=args.resume,
         ))
         hooks.append(SaveArguments(args, arguments_path))
+    # fp32 casts nothing (the data are float32): None, as runs before --precision existed.
+    precision = None if args.precision == "fp32" else args.precision
+    objective = {}
+    if args.label_smoothing:
+        objective = {"loss_fn": smoothed_cross_entropy(args.label_smoothing),
+                     "metrics": {"accuracy": accuracy}}
+    batch_transform = None
+    if args.mixup is not None:
+        batch_transform = mixup(args.mixup, model.num_classes)
     try:
         state, history = fit(
             model, optimizer, data.train_x, data.train_y, validation_data=validation,
             epochs=args.epochs,
             batch_size=args.batch_size, seed=args.seed, runner=args.runner, mesh=mesh,
             shard_optimizer_state=args.shard_optimizer_state, progress=args.progress,
-            callbacks=hooks,
+            callbacks=hooks, precision=precision, batch_transform=batch_transform, **objective,
         )
     except CheckpointSaveError as err:
         raise CommandError(
@@ -581,8 +610,8 @@ def _train(args: argparse.Namespace) -> int:
     history.header["wall_time_s"] = time.perf_counter() - started
     history.header["arguments"] = {k: v for k, v in vars(args).items() if _jsonable(v)}
     history.header["dataset_source"] = data.source
-    final = evaluate(make_eval_step(model), state, data.test_x, data.test_y,
-                     batch_size=args.batch_size)
+    final = evaluate(make_eval_step(model, precision=precision), state, data.test_x,
+                     data.test_y, batch_size=args.batch_size)
     history.header["final_test"] = final
     try:
         write_json(metrics_path, history.to_dict())

@@ -3,6 +3,8 @@
 - :mod:`~jaxtricks.training.model`: a Flax Linen or NNX module as two pure functions.
 - :mod:`~jaxtricks.training.state`: the checkpointable :class:`TrainState`.
 - :mod:`~jaxtricks.training.steps`: the compiled train and eval steps for any loss and metrics.
+- :mod:`~jaxtricks.training.precision`: mixed-precision policies (bfloat16, float16 with
+  dynamic loss scaling) the steps and ``fit`` take.
 - :mod:`~jaxtricks.training.epochs`: epochs of steps over a dataset on the device.
 - :mod:`~jaxtricks.training.hooks`: what happens around epochs (early stopping, averaging,
   plateau, progress, metrics file, evaluation of other sets, user callbacks), one protocol.
@@ -65,6 +67,13 @@ from jaxtricks.training.lr_finder import (
     suggest_learning_rates,
 )
 from jaxtricks.training.model import FunctionalModel, functional_model
+from jaxtricks.training.precision import (
+    PRECISIONS,
+    LossScaleState,
+    Precision,
+    as_precision,
+    precision_policy,
+)
 from jaxtricks.training.sharding import (
     batch_sharding,
     make_mesh,
@@ -88,6 +97,7 @@ from jaxtricks.training.steps import (
 )
 
 __all__ = [
+    "PRECISIONS",
     "RUNNERS",
     "AveragingHook",
     "Checkpoint",
@@ -105,13 +115,16 @@ __all__ = [
     "LRFinderResult",
     "LRSuggestions",
     "LambdaHook",
+    "LossScaleState",
     "MetricsFileHook",
     "PlateauHook",
+    "Precision",
     "ProgressHook",
     "Run",
     "TrainState",
     "accuracy",
     "as_optimizer",
+    "as_precision",
     "batch_sharding",
     "choose_runner",
     "compile_epoch_runner",
@@ -136,6 +149,7 @@ __all__ = [
     "make_train_step",
     "opt_state_sharding",
     "per_device_bytes",
+    "precision_policy",
     "recompute_batch_stats",
     "recompute_model_state",
     "replicate",

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtricks.files import write_json
+from jaxtricks.training.epochs import COUNTED_METRICS
 from jaxtricks.training.history import EpochRecord, History
 from jaxtricks.training.hyperparams import INJECTED_STATES
 from jaxtricks.training.model import FunctionalModel
@@ -630,18 +631,23 @@ def mean_totals(totals: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any
 
     Each sum becomes its mean over the applied steps (NaN when every step was skipped). Sums
     of several values (an ensemble's K members) become their means' mean in ``metrics`` and
-    the K means in ``info``; ``skipped`` counts the skipped steps (of all members).
+    the K means in ``info``; ``skipped`` counts the skipped steps (of all members). Loss-scale
+    overflows, when counted, are the metric ``overflow_steps``.
 
     Example:
         >>> import numpy as np
         >>> mean_totals({"loss": np.float32(3.0), "skipped": np.int32(1), "steps": np.int32(4)})
         ({'loss': 1.0}, {}, 1)
+        >>> mean_totals({"loss": np.float32(3.0), "skipped": np.int32(0),
+        ...              "overflow": np.int32(1), "steps": np.int32(4)})[0]
+        {'loss': 1.0, 'overflow_steps': 1.0}
     """
     skipped = np.asarray(totals["skipped"])
-    applied = int(totals["steps"]) - skipped
+    overflow = np.asarray(totals.get("overflow", 0))
+    applied = int(totals["steps"]) - skipped - overflow
     record = EpochRecord(0, 0, {})
     # The loss first and the gradient norm last, whatever order the totals come back in.
-    names = sorted(set(totals) - {"skipped", "steps"},
+    names = sorted(set(totals) - {*COUNTED_METRICS, "steps"},
                    key=lambda name: (name != "loss", name == "grad_norm"))
     for name in names:
         value = totals[name]
@@ -649,4 +655,6 @@ def mean_totals(totals: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any
             mean = np.where(applied > 0, np.asarray(value, np.float64) / np.maximum(applied, 1),
                             np.nan)
         record.add({name: mean.tolist()})
+    if "overflow" in totals:
+        record.metrics["overflow_steps"] = float(overflow.sum())
     return record.metrics, record.info, int(skipped.sum())

@@ -183,10 +183,11 @@ def test_a_missing_dataset_exits_with_a_message(tmp_path, monkeypatch, capsys):
 def test_get_names_every_experiment_and_refuses_others():
     assert set(experiments.NAMES) == {"scaling", "initialization", "batch_norm", "dropout",
                                       "overfitting", "optimizers", "clipping", "lr_decay",
-                                      "lr_find"}
+                                      "lr_find", "precision"}
     for name in experiments.NAMES:
         module = experiments.get(name)
-        assert module.NAME == name and module.CLAIM.startswith("L")
+        # A lesson point (L1-L7), or a trick the lesson does not cover.
+        assert module.NAME == name and module.CLAIM.startswith(("L", "beyond the lesson: "))
         assert module.QUICK["seeds"] >= 1 and module.FULL["seeds"] >= 2
         assert "Full config" in module.__doc__ and "Quick config" in module.__doc__
     with pytest.raises(ValueError, match="experiment name must be one of"):
@@ -344,6 +345,25 @@ def _check_lr_find(saved, conditions):
         assert sum(matches) == 1 and grid["at_edge"] == (not matches[1])
 
 
+def _check_precision(saved, conditions):
+    assert conditions == saved["config"]["precisions"] == ["fp32", "bf16", "fp16"]
+    memory = saved["memory"]
+    assert memory["fp32"]["param_bytes"] == memory["bf16"]["param_bytes"] == (
+        memory["fp16"]["param_bytes"])
+    for name in ("bf16", "fp16"):
+        # Half-precision copies of the parameters; float32 batch norm keeps some activations
+        # in float32, so they shrink, but by less than half.
+        assert 2 * memory[name]["compute_param_bytes"] == memory["fp32"]["param_bytes"]
+        assert memory[name]["activation_bytes"] < memory["fp32"]["activation_bytes"]
+        assert memory[name]["activation_bytes_by_dtype"][
+            {"bf16": "bfloat16", "fp16": "float16"}[name]] > 0
+    assert set(memory["fp32"]["activation_bytes_by_dtype"]) <= {"float32", "bool", "int32"}
+    for run in saved["runs"]:
+        assert run["final"]["skipped_steps"] == 0
+        assert (run["final"]["final_loss_scale"] is None) == (run["condition"] != "fp16")
+        assert run["final"]["test_accuracy"] > 0.5
+
+
 CHECKS = {
     "scaling": _check_scaling,
     "initialization": _check_initialization,
@@ -354,6 +374,9 @@ CHECKS = {
     "clipping": _check_clipping,
     "lr_decay": _check_lr_decay,
     "lr_find": _check_lr_find,
+
+
+    "precision": _check_precision,
 }
 
 

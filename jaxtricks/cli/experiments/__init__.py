@@ -2,7 +2,7 @@
 
 Each module holds one experiment (its full and quick configs, ``run`` and ``plot``);
 :mod:`jaxtricks.cli.experiments.common` holds what they share. :data:`NAMES` lists them in the
-order ``all`` runs them: the cheap MLP ones first, the CNN one last.
+order ``all`` runs them: the cheap MLP ones first, the CNN ones last.
 """
 
 import importlib
@@ -18,6 +18,7 @@ NAMES = (
     "lr_decay",
     "lr_find",
     "dropout",
+    "precision",
 )
 
 

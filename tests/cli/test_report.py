@@ -15,7 +15,7 @@ def _results(**extra):
         "summary": {"θ=1": {"final": {"test_accuracy": stats, "test_loss": loss,
                                       "train_time_s": stats}}},
         "headline": ["θ=1: test accuracy 97.12 ± 0.21 %"],
-        "machine": {"backend": "cpu", "cpu_count": 2, "cpu_model": "Some CPU", "jax": "0.1"},
+        "machine": {"backend": "cpu", "cpu_count": 2, "processor": "x86_64", "jax": "0.1"},
         **extra,
     }
 

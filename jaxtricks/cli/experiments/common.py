@@ -191,18 +191,6 @@ def pm(stats: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:
     return f"{stats['mean'] * scale:.{digits}f} ± {stats['std'] * scale:.{digits}f}"
 
 
-def cpu_model() -> str | None:
-    """The CPU's model name from ``/proc/cpuinfo`` (None where there is none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            for line in file:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return None
-
-
 def machine() -> dict[str, Any]:
     """The machine and versions the experiment ran on."""
     import flax
@@ -214,7 +202,6 @@ def machine() -> dict[str, Any]:
         "device_count": jax.device_count(),
         "cpu_count": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_model": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "jax": jax.__version__,

@@ -205,21 +205,36 @@ def _git(*args: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (None where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None
+
+
 def provenance(module: str) -> dict[str, Any]:
-    """The code fingerprint of ``module``, the git commit (and whether the working tree had
-    uncommitted changes) and the versions a result is produced with."""
+    """The code fingerprint and per-module digests of ``module``, the git commit (and whether
+    the working tree had uncommitted changes to Python files), the CPU model and the versions
+    a result is produced with."""
     import flax
     import jax
     import numpy as np
     import optax
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # Results files are tracked too: only changes to code make a result's commit inexact.
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", "*.py")
     return {
         "module": module,
         "code_fingerprint": code_fingerprint(module),
         "module_digests": module_digests(module),
         "commit": _git("rev-parse", "HEAD"),
         "uncommitted_changes": None if status is None else bool(status),
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jaxlib": importlib.import_module("jaxlib").__version__,

@@ -141,7 +141,7 @@ def _generated(name: str, results: Mapping[str, Any]) -> str:
     versions = ", ".join(
         f"{key} {recorded.get(key) or machine.get(key)}" for key in ("jax", "optax", "flax")
         if recorded.get(key) or machine.get(key))
-    where = machine.get("cpu_model") or machine.get("processor") or "unknown CPU"
+    where = recorded.get("cpu_model") or machine.get("processor") or "unknown CPU"
     lines = [
         f'<a id="{name}"></a>',
         "",

@@ -83,6 +83,7 @@ def run_transform(
     grads: Sequence[Any],
     *,
     update: Callable[..., Any] | None = None,
+    extra_args: dict[str, Any] | None = None,
 ) -> Trajectory:
     """Runs a transformation from ``init(params)`` through one step per gradient, as training.
 
@@ -94,6 +95,7 @@ def run_transform(
       params: the initial parameters, a pytree of NumPy or JAX arrays.
       grads: one gradient pytree (the structure of ``params``) for each step.
       update: the function called in place of ``transform.update`` (a jitted one, say).
+      extra_args: keyword arguments for every ``update`` call (``value=loss``, say).
 
     Returns:
       A :class:`Trajectory` of ``len(grads)`` steps.
@@ -106,10 +108,11 @@ def run_transform(
       [0.0, 2.0]
     """
     update = transform.update if update is None else update
+    extra_args = {} if extra_args is None else extra_args
     params = jax.device_put(params)
     trajectory = Trajectory([params], [], [transform.init(params)])
     for g in grads:
-        updates, state = update(jax.device_put(g), trajectory.states[-1], params)
+        updates, state = update(jax.device_put(g), trajectory.states[-1], params, **extra_args)
         trajectory.updates.append(updates)
         trajectory.states.append(state)
         params = _apply(params, updates)
@@ -187,12 +190,14 @@ def _wide(x: Any) -> np.ndarray:
 
 
 def _magnitude(tree: Any) -> float:
-    """The largest absolute value among the tree's floating-point leaves (0 for none)."""
-    return max(
-        (float(np.max(np.abs(_wide(x)), initial=0.0))
-         for x in jax.tree.leaves(tree) if _is_inexact(x)),
-        default=0.0,
-    )
+    """The largest finite absolute value among the tree's floating-point leaves (0 for none).
+
+    Infinities (a best-so-far metric starting at +inf) are left out: they have no rounding
+    error to scale, and compare equal only to themselves.
+    """
+    sizes = (np.abs(_wide(x)) for x in jax.tree.leaves(tree) if _is_inexact(x))
+    return max((float(np.max(s, where=np.isfinite(s), initial=0.0)) for s in sizes),
+               default=0.0)
 
 
 def assert_trees_close(
@@ -249,12 +254,28 @@ def assert_trees_close(
             )
 
 
-def _assert_finite(tree: Any) -> None:
-    """Asserts every floating-point leaf of the tree is finite, naming the first that is not."""
-    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if _is_inexact(x) and not np.all(np.isfinite(_wide(x))):
+def _assert_finite(
+    tree: Any, *, allow_infinite: bool = False, where_finite: Any = None
+) -> None:
+    """Asserts the tree's floating-point leaves are finite, naming the first that is not.
+
+    With ``allow_infinite`` only NaN fails; with ``where_finite`` (a tree of the same
+    structure) only the leaves that are finite there are checked.
+    """
+    with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if where_finite is None:
+        masks = [True] * len(with_paths)
+    else:
+        masks = [not _is_inexact(x) or np.all(np.isfinite(_wide(x)))
+                 for x in jax.tree.leaves(where_finite)]
+    for (path, x), check in zip(with_paths, masks, strict=True):
+        if not (check and _is_inexact(x)):
+            continue
+        bad = np.isnan(_wide(x)) if allow_infinite else ~np.isfinite(_wide(x))
+        if np.any(bad):
+            what = "holds NaN" if allow_infinite else "is not finite"
             raise AssertionError(
-                f"leaf {jax.tree_util.keystr(path) or '(root)'} is not finite: {np.asarray(x)}"
+                f"leaf {jax.tree_util.keystr(path) or '(root)'} {what}: {np.asarray(x)}"
             )
 
 
@@ -282,8 +303,44 @@ def _select(checks: Collection[str] | None, known: Sequence[str], name: str) -> 
 
 @functools.lru_cache(maxsize=256)
 def _compiled(fn: Callable[..., Any], kind: str) -> Callable[..., Any]:
-    """``fn`` under ``jit`` (``kind`` "jit") or ``jit(vmap)`` ("vmap"), cached per function."""
-    return jax.jit(fn if kind == "jit" else jax.vmap(fn))
+    """``fn`` under ``jit`` (``kind`` "jit") or ``jit(vmap)`` ("vmap"), cached per function.
+
+    For an update ("jit_update", "vmap_update") the extra keyword arguments come as a fourth
+    argument, a dict, which ``vmap`` does not map over.
+    """
+    if kind in ("jit", "vmap"):
+        return jax.jit(fn if kind == "jit" else jax.vmap(fn))
+
+    def update(updates, state, params, extra_args):
+        return fn(updates, state, params, **extra_args)
+
+    return jax.jit(update if kind == "jit_update" else jax.vmap(update, (0, 0, 0, None)))
+
+
+class _Calls(NamedTuple):
+    """A transformation's functions, eager, jitted and batched, with its extra arguments bound."""
+
+    init: Callable[..., Any]
+    update: Callable[..., Any]
+    jit_init: Callable[..., Any]
+    jit_update: Callable[..., Any]
+    vmap_init: Callable[..., Any]
+    vmap_update: Callable[..., Any]
+
+
+def _calls(transform: optax.GradientTransformation, extra_args: dict[str, Any]) -> _Calls:
+    # As optax.chain does: a transformation without extra arguments ignores them.
+    transform = optax.with_extra_args_support(transform)
+    jit_update = _compiled(transform.update, "jit_update")
+    vmap_update = _compiled(transform.update, "vmap_update")
+    return _Calls(
+        init=transform.init,
+        update=lambda g, s, p: transform.update(g, s, p, **extra_args),
+        jit_init=_compiled(transform.init, "jit"),
+        jit_update=lambda g, s, p: jit_update(g, s, p, extra_args),
+        vmap_init=_compiled(transform.init, "vmap"),
+        vmap_update=lambda g, s, p: vmap_update(g, s, p, extra_args),
+    )
 
 
 def _signature(tree: Any) -> tuple[Any, list[Any]]:
@@ -302,6 +359,7 @@ def check_transform(
     checks: Collection[str] | None = None,
     ulps: float | None = None,
     batched: bool = False,
+    extra_args: dict[str, Any] | None = None,
 ) -> None:
     """Checks that a gradient transformation keeps the contract users and Optax rely on.
 
@@ -310,14 +368,15 @@ def check_transform(
 
     - ``"dtypes"``: each step's updates have the gradients' structure, shapes and dtypes;
     - ``"state"``: every state has the structure, shapes and dtypes of ``init``'s;
-    - ``"finite"``: every update and every state's floating-point leaf is finite;
+    - ``"finite"``: every update is finite; ``init``'s state holds no NaN (an infinity may be a
+      sentinel, such as a best-so-far metric), and its leaves that are finite stay finite;
     - ``"jit"``: ``jit(init)`` equals ``init``, and at every step ``jit(update)`` equals
       ``update`` from the same inputs (the run continues with the jitted results);
     - ``"retrace"``: fed the states it returned, ``jit(update)`` is not compiled again: they
       have the structure, shapes, dtypes and weak types of ``init``'s (a state whose weak
       types drift compiles the update a second time);
     - ``"vmap"``: over a batch of problems, ``jit(vmap(init))`` and ``jit(vmap(update))`` equal
-      ``jit(init)`` and ``jit(update)`` on each problem;
+      ``jit(init)`` and ``jit(update)`` on each problem (trees without arrays are skipped);
     - ``"empty_leaves"``: with the trees extended by a ``None`` leaf and zero-size leaves of
       every dtype they hold (``{"tree": t, "none": None, "empty": [...]}``), updates keep
       ``None`` and the zero-size shapes, and the updates of ``t`` are those without them;
@@ -343,6 +402,10 @@ def check_transform(
         "vmap" maps over it, the other checks run on each problem. Without it, "vmap" maps over
         three problems made from the one given (parameters and gradients times 1, −1 and 2,
         the gradients rotated by a step per problem).
+      extra_args: keyword arguments for every ``update`` call (Optax's
+        ``GradientTransformationExtraArgs``: ``value=loss`` for ``reduce_on_plateau``), the
+        reference's included; a transformation that takes none ignores them, as in
+        ``optax.chain``. ``vmap`` does not map over them.
 
     Returns:
       None; raises ``AssertionError`` naming the property, the step and the leaf that failed,
@@ -372,33 +435,43 @@ def check_transform(
     grads = list(grads)
     if not grads:
         raise ValueError("grads: expected a gradient for one step or more, got none")
+    calls = _calls(transform, {} if extra_args is None else dict(extra_args))
+    if reference is not None:
+        reference = _calls(reference, {} if extra_args is None else dict(extra_args))
     if batched:
         if "vmap" in selected:
-            _check_vmap(transform, params, grads, ulps)
+            _check_vmap(calls, params, grads, ulps)
         for i in range(_batch_size(params, grads)):
             try:
-                _check_one(transform, _take(params, i), [_take(g, i) for g in grads],
+                _check_one(calls, _take(params, i), [_take(g, i) for g in grads],
                            reference, selected - {"vmap"}, ulps)
             except AssertionError as error:
                 raise AssertionError(f"problem {i} of the batch: {error}") from error
         return
-    if "vmap" in selected:
+    # A tree without arrays (``[None]``, ``{}``) has nothing for vmap to map over.
+    if "vmap" in selected and jax.tree.leaves((params, grads)):
         batch_params, batch_grads = _batch_of_problems(params, grads)
-        _check_vmap(transform, batch_params, batch_grads, ulps)
-    _check_one(transform, params, grads, reference, selected - {"vmap"}, ulps)
+        _check_vmap(calls, batch_params, batch_grads, ulps)
+    _check_one(calls, params, grads, reference, selected - {"vmap"}, ulps)
 
 
-def _check_one(transform, params, grads, reference, selected, ulps):
+def _run(calls: _Calls, params: Any, grads: list[Any]) -> Trajectory:
+    return run_transform(
+        optax.GradientTransformation(calls.init, calls.update), params, grads
+    )
+
+
+def _check_one(calls, params, grads, reference, selected, ulps):
     run = None
     if selected & {"dtypes", "state", "finite", "empty_leaves"}:
-        run = run_transform(transform, params, grads)
+        run = _run(calls, params, grads)
         _check_contract(run, grads, selected)
     if selected & {"jit", "retrace"}:
-        _check_jit(transform, params, grads, selected, ulps)
+        _check_jit(calls, params, grads, selected, ulps)
     if "empty_leaves" in selected:
-        _check_empty_leaves(transform, params, grads, run, ulps)
+        _check_empty_leaves(calls, params, grads, run, ulps)
     if "reference" in selected:
-        _check_reference(transform, reference, params, grads, ulps)
+        _check_reference(calls, reference, params, grads, ulps)
 
 
 def _check_contract(run: Trajectory, grads: list[Any], selected: set[str]) -> None:
@@ -411,27 +484,29 @@ def _check_contract(run: Trajectory, grads: list[Any], selected: set[str]) -> No
         if "finite" in selected:
             with _property("finite", f"step {step}, updates"):
                 _assert_finite(updates)
-    for step, state in enumerate(run.states):
-        if "state" in selected and step > 0:
-            with _property("state", f"after step {step - 1}, against init's"):
+    if "finite" in selected:
+        with _property("finite", "init's state"):
+            _assert_finite(run.states[0], allow_infinite=True)
+    for step, state in enumerate(run.states[1:]):
+        if "state" in selected:
+            with _property("state", f"after step {step}, against init's"):
                 chex.assert_trees_all_equal_structs(state, run.states[0])
                 chex.assert_trees_all_equal_shapes_and_dtypes(state, run.states[0])
         if "finite" in selected:
-            with _property("finite", "init's state" if step == 0 else f"state after {step - 1}"):
-                _assert_finite(state)
+            with _property("finite", f"state after step {step}"):
+                _assert_finite(state, where_finite=run.states[0])
 
 
-def _check_jit(transform, params, grads, selected, ulps):
-    init, update = _compiled(transform.init, "jit"), _compiled(transform.update, "jit")
+def _check_jit(calls, params, grads, selected, ulps):
     params = jax.device_put(params)
-    state = transform.init(params)
+    state = calls.init(params)
     first = _signature(state)
     if "jit" in selected:
         with _property("jit", "init"):
-            assert_trees_close(init(params), state, ulps=ulps, floor=_magnitude(params))
+            assert_trees_close(calls.jit_init(params), state, ulps=ulps, floor=_magnitude(params))
     for step, g in enumerate(grads):
         g = jax.device_put(g)
-        updates, new_state = update(g, state, params)
+        updates, new_state = calls.jit_update(g, state, params)
         if "retrace" in selected and step > 0 and _signature(state) != first:
             with _property("retrace", f"step {step}"):
                 raise AssertionError(
@@ -440,7 +515,7 @@ def _check_jit(transform, params, grads, selected, ulps):
                     f"{_signature(state)}"
                 )
         if "jit" in selected:
-            expected, expected_state = transform.update(g, state, params)
+            expected, expected_state = calls.update(g, state, params)
             with _property("jit", f"step {step}, updates"):
                 assert_trees_close(updates, expected, ulps=ulps, inputs=(g, params))
             with _property("jit", f"step {step}, state"):
@@ -485,26 +560,23 @@ def _batch_of_problems(params: Any, grads: list[Any]) -> tuple[Any, list[Any]]:
     return batch_params, batch_grads
 
 
-def _check_vmap(transform, params, grads, ulps):
+def _check_vmap(calls, params, grads, ulps):
     size = _batch_size(params, grads)
-    init, update = _compiled(transform.init, "jit"), _compiled(transform.update, "jit")
-    batch_init = _compiled(transform.init, "vmap")
-    batch_update = _compiled(transform.update, "vmap")
     batch_params = jax.device_put(params)
-    state = batch_init(batch_params)
+    state = calls.vmap_init(batch_params)
     looped_params = [jax.device_put(_take(params, i)) for i in range(size)]
-    looped = [init(p) for p in looped_params]
+    looped = [calls.jit_init(p) for p in looped_params]
     with _property("vmap", "init"):
         for i in range(size):
             assert_trees_close(
                 _take(state, i), looped[i], ulps=ulps, floor=_magnitude(looped_params[i])
             )
     for step, g in enumerate(grads):
-        updates, state = batch_update(jax.device_put(g), state, batch_params)
+        updates, state = calls.vmap_update(jax.device_put(g), state, batch_params)
         updates, host_state = jax.device_get((updates, state))
         for i in range(size):
             g_i = jax.device_put(_take(g, i))
-            expected, new_state = update(g_i, looped[i], looped_params[i])
+            expected, new_state = calls.jit_update(g_i, looped[i], looped_params[i])
             with _property("vmap", f"step {step}, problem {i}, updates"):
                 assert_trees_close(
                     _take(updates, i), expected, ulps=ulps, inputs=(g_i, looped_params[i])
@@ -525,11 +597,11 @@ def _with_empty_leaves(tree: Any, dtypes: list[np.dtype]) -> dict[str, Any]:
     }
 
 
-def _check_empty_leaves(transform, params, grads, plain, ulps):
+def _check_empty_leaves(calls, params, grads, plain, ulps):
     dtypes = sorted({np.asarray(x).dtype for x in jax.tree.leaves(params)}, key=str)
     dtypes = dtypes or [np.dtype(np.float32)]
     wide_grads = [_with_empty_leaves(g, dtypes) for g in grads]
-    wide = run_transform(transform, _with_empty_leaves(params, dtypes), wide_grads)
+    wide = _run(calls, _with_empty_leaves(params, dtypes), wide_grads)
     for step, (g, updates) in enumerate(zip(wide_grads, wide.updates, strict=True)):
         with _property("empty_leaves", f"step {step}"):
             chex.assert_trees_all_equal_structs(updates, jax.device_put(g))
@@ -540,13 +612,13 @@ def _check_empty_leaves(transform, params, grads, plain, ulps):
             )
 
 
-def _check_reference(transform, reference, params, grads, ulps):
+def _check_reference(calls, reference, params, grads, ulps):
     with jax.numpy_dtype_promotion("standard"):
-        expected = run_transform(reference, params, grads)
-    state = transform.init(jax.device_put(params))
+        expected = _run(reference, params, grads)
+    state = calls.init(jax.device_put(params))
     for step, g in enumerate(grads):
         g = jax.device_put(g)
-        updates, state = transform.update(g, state, expected.params[step])
+        updates, state = calls.update(g, state, expected.params[step])
         with _property("reference", f"step {step}"):
             assert_trees_close(
                 updates, expected.updates[step], ulps=ulps, inputs=(g, expected.params[step])

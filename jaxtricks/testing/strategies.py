@@ -279,10 +279,12 @@ def problems(
 
 def _float32_bounds(low: float, high: float) -> tuple[float, float]:
     """The float32 numbers nearest to ``[low, high]`` inside it (Hypothesis' width-32 bounds)."""
+    # Compared as Python floats: NumPy 2 compares a float32 with a Python float in float32,
+    # where float32(0.1) equals 0.1.
     low32, high32 = np.float32(low), np.float32(high)
-    if low32 < low:
+    if float(low32) < low:
         low32 = np.nextafter(low32, np.float32(np.inf))
-    if high32 > high:
+    if float(high32) > high:
         high32 = np.nextafter(high32, np.float32(-np.inf))
     return float(low32), float(high32)
 

@@ -28,6 +28,8 @@ import jaxtricks as jt
 from jaxtricks.testing import check_transform, problems, run_transform, specs
 from jaxtricks.testing.strategies import (
     COMPLEX64,
+    DTYPES,
+    FLOAT16,
     FLOAT32,
     FLOAT64,
     REAL_DTYPES,
@@ -72,32 +74,59 @@ TRANSFORMS = {
     "adamw": jt.adamw(LR, eps=EPS, weight_decay=0.1),
     "normalized_sgd": jt.normalized_sgd(LR),
     "clip_then_sgd": optax.chain(jt.clip_by_global_norm(1.0), jt.sgd(LR)),
+    "trace": jt.trace(0.9),
+    "trace_nesterov": jt.trace(0.9, nesterov=True),
+    "scale_by_stddev": jt.scale_by_stddev(eps=EPS),
+    "scale_by_rss": jt.scale_by_rss(eps=EPS),
+    "normalize_by_update_norm": jt.normalize_by_update_norm(),
+    "apply_if_finite": jt.apply_if_finite(jt.adam(LR, eps=EPS), 2),
+    "flatten_by_dtype": jt.flatten_by_dtype(jt.adam(LR, eps=EPS)),
+    "gradient_health": jt.gradient_health(),
+    "update_health": jt.update_health(),
+    "scale_by_plateau": jt.scale_by_plateau(jt.epoch_plateau()),
+    "reduce_on_plateau": jt.reduce_on_plateau(patience=1),
 }
 NAMES = sorted(TRANSFORMS)
-# jnp.clip, and so Optax's clip, refuses complex numbers (they have no order): value clipping
-# gets real trees only.
-REAL_ONLY = {"clip_by_value"}
+# Optax's extra arguments of update: the loss, which reduce_on_plateau watches.
+EXTRA_ARGS = {"reduce_on_plateau": {"value": jnp.asarray(1.0)}}
+# Dtypes some transforms refuse, as Optax's do, and what their trees hold instead: jnp.clip
+# (Optax's clip) refuses complex numbers, which have no order; reduce_on_plateau keeps its
+# state in the tree's lowest and highest dtypes, which a tree holding both bfloat16 and
+# float16 does not have (neither promotes to the other; Optax raises a ValueError).
+REPLACED = {
+    "clip_by_value": {COMPLEX64: FLOAT32},
+    "reduce_on_plateau": {FLOAT16: FLOAT32},
+}
 # These add λw, so a zero gradient still moves the parameters.
 DECAYING = {"add_decayed_weights", "add_l2_penalty", "adamw"}
 THRESHOLDS = st.floats(0.01, 20.0)
 
 
-def real(spec):
-    """The spec with its complex leaves made float32."""
-    return jax.tree.map(
-        lambda leaf: Leaf(leaf.shape, FLOAT32) if leaf.dtype == COMPLEX64 else leaf, spec
-    )
+def allowed_dtypes(names):
+    """The dtypes that random trees for the transforms called ``names`` hold."""
+    refused = {dtype for name in names for dtype in REPLACED.get(name, {})}
+    return tuple(dtype for dtype in DTYPES if dtype not in refused)
+
+
+def allowed(name, spec):
+    """The spec with the dtypes the transform refuses replaced."""
+    replaced = REPLACED.get(name, {})
+    return jax.tree.map(lambda leaf: Leaf(leaf.shape, replaced.get(leaf.dtype, leaf.dtype)), spec)
+
+
+def extra_args(names):
+    """The extra arguments the transforms called ``names`` need, all together."""
+    return {key: value for name in names for key, value in EXTRA_ARGS.get(name, {}).items()}
 
 
 def random_problems(names, **kwargs):
-    """Problems on random trees, real ones if any of ``names`` takes no complex numbers."""
-    return problems(specs(REAL_DTYPES) if REAL_ONLY & set(names) else None, **kwargs)
+    """Problems on random trees of the dtypes every transform of ``names`` takes."""
+    return problems(specs(allowed_dtypes(names)), **kwargs)
 
 
 def template_problems(name, **kwargs):
-    """Problems on the fixed templates (made real for a real-only transform)."""
-    templates = tuple(map(real, TEMPLATES)) if name in REAL_ONLY else TEMPLATES
-    return problems(st.sampled_from(templates), **kwargs)
+    """Problems on the fixed templates, with the dtypes the transform refuses replaced."""
+    return problems(st.sampled_from([allowed(name, t) for t in TEMPLATES]), **kwargs)
 
 
 def wide(x):
@@ -121,7 +150,7 @@ def test_contract_on_random_trees(name, data):
     problem = data.draw(random_problems([name]))
     check_transform(
         TRANSFORMS[name], problem.params, problem.grads,
-        checks=["dtypes", "state", "finite", "empty_leaves"],
+        checks=["dtypes", "state", "finite", "empty_leaves"], extra_args=extra_args([name]),
     )
 
 
@@ -133,6 +162,7 @@ def test_jit_equals_eager_without_retracing(name, data):
     check_transform(
         TRANSFORMS[name], problem.params, problem.grads,
         checks=["jit", "retrace", "dtypes", "state", "finite"], ulps=4,
+        extra_args=extra_args([name]),
     )
 
 
@@ -142,7 +172,8 @@ def test_jit_equals_eager_without_retracing(name, data):
 def test_float64_is_kept_under_x64(name, problem):
     with jax.enable_x64(True):
         check_transform(
-            TRANSFORMS[name], problem.params, problem.grads, checks=["dtypes", "state", "finite"]
+            TRANSFORMS[name], problem.params, problem.grads, checks=["dtypes", "state", "finite"],
+            extra_args=extra_args([name]),
         )
 
 
@@ -152,7 +183,8 @@ def test_float64_is_kept_under_x64(name, problem):
 def test_vmap_over_independent_problems_equals_a_loop(name, data):
     problem = data.draw(template_problems(name, steps=2, batch=3))
     check_transform(
-        TRANSFORMS[name], problem.params, problem.grads, checks=["vmap"], batched=True, ulps=2
+        TRANSFORMS[name], problem.params, problem.grads, checks=["vmap"], batched=True, ulps=2,
+        extra_args=extra_args([name]),
     )
 
 
@@ -161,7 +193,9 @@ def test_vmap_over_independent_problems_equals_a_loop(name, data):
 def test_zero_gradients_leave_the_parameters_unchanged(name, data):
     problem = data.draw(random_problems([name]))
     zeros = jax.tree.map(np.zeros_like, problem.params)
-    run = run_transform(TRANSFORMS[name], problem.params, [zeros, zeros])
+    run = run_transform(
+        TRANSFORMS[name], problem.params, [zeros, zeros], extra_args=extra_args([name])
+    )
     for params in run.params[1:]:
         chex.assert_trees_all_equal(params, run.params[0])
 
@@ -170,10 +204,12 @@ def test_zero_gradients_leave_the_parameters_unchanged(name, data):
 def test_chain_is_associative(names, data):
     problem = data.draw(random_problems(names))
     a, b, c = (TRANSFORMS[name] for name in names)
-    expected = run_transform(optax.chain(a, b, c), problem.params, problem.grads).updates
+    extra = extra_args(names)
+    expected = run_transform(optax.chain(a, b, c), problem.params, problem.grads,
+                             extra_args=extra).updates
     for tx in (optax.chain(optax.chain(a, b), c), optax.chain(a, optax.chain(b, c))):
-        chex.assert_trees_all_equal(run_transform(tx, problem.params, problem.grads).updates,
-                                    expected)
+        actual = run_transform(tx, problem.params, problem.grads, extra_args=extra).updates
+        chex.assert_trees_all_equal(actual, expected)
 
 
 # --- clipping and normalization -------------------------------------------------------------

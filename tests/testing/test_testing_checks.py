@@ -84,6 +84,52 @@ def test_an_infinite_update_names_the_leaf():
         check_transform(tx, PARAMS, GRADS, checks=["finite"])
 
 
+def test_an_infinite_sentinel_in_init_s_state_passes_and_a_state_turning_infinite_fails():
+    # A best-so-far metric starts at +inf and stays there until a finite value arrives.
+    def tx(update_best):
+        return with_state(
+            lambda params: (jnp.float32(jnp.inf), jnp.float32(1)),
+            lambda updates, state, params=None: (updates, update_best(*state)),
+        )
+
+    check_transform(tx(lambda best, scale: (best, scale * 0.5)), PARAMS, GRADS)
+    with pytest.raises(AssertionError, match=r"property 'finite' failed \(state after step 0"):
+        check_transform(tx(lambda best, scale: (best, scale / 0)), PARAMS, GRADS,
+                        checks=["finite"])
+    nan_at_init = with_state(lambda params: jnp.float32(jnp.nan),
+                             lambda updates, state, params=None: (updates, state))
+    with pytest.raises(AssertionError, match=r"property 'finite' failed \(init's state\).*NaN"):
+        check_transform(nan_at_init, PARAMS, GRADS, checks=["finite"])
+
+
+def scale_by_value():
+    """Updates times the ``value`` keyword of ``update`` (as a loss reaches reduce_on_plateau)."""
+    return optax.GradientTransformationExtraArgs(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params=None, *, value: (
+            jax.tree.map(lambda g: g * jnp.asarray(value, g.dtype), updates), state
+        ),
+    )
+
+
+def test_extra_args_reach_every_update_call_eager_jitted_batched_and_the_reference_s():
+    value = jnp.float32(2)
+    check_transform(scale_by_value(), PARAMS, GRADS, extra_args={"value": value},
+                    reference=optax.scale(2.0))
+    # reduce_on_plateau refuses trees holding both bfloat16 and float16, as Optax's does.
+    params = {k: v for k, v in PARAMS.items() if k != "empty"}
+    grads = [{k: v for k, v in g.items() if k != "empty"} for g in GRADS]
+    check_transform(jt.reduce_on_plateau(patience=1), params, grads,
+                    extra_args={"value": value})
+    with pytest.raises(AssertionError, match=r"property 'reference' failed \(step 0\)"):
+        check_transform(scale_by_value(), PARAMS, GRADS, extra_args={"value": value},
+                        reference=optax.scale(3.0), checks=["reference"])
+    with pytest.raises(TypeError, match="value"):
+        check_transform(scale_by_value(), PARAMS, GRADS, checks=["dtypes"])
+    run = run_transform(scale_by_value(), PARAMS, GRADS, extra_args={"value": value})
+    np.testing.assert_array_equal(run.updates[0]["w"], 2 * GRADS[0]["w"])
+
+
 def test_an_update_that_differs_under_jit_fails_the_jit_check():
     tx = stateless(lambda g: g * 2 if isinstance(g, jax.core.Tracer) else g)
     check_transform(tx, PARAMS, GRADS, checks=["dtypes", "state", "finite", "vmap"])
@@ -157,6 +203,12 @@ def test_batched_problems_are_checked_one_by_one_and_mapped_over():
         check_transform(broken, batch, grads, batched=True, checks=["dtypes"])
     with pytest.raises(ValueError, match="batched=True"):
         check_transform(jt.sgd(0.1), PARAMS, GRADS, batched=True)
+
+
+def test_a_tree_without_arrays_passes_every_check():
+    # Hypothesis' problems() draws such trees ([None], {}): vmap has nothing to map over.
+    for tree in ({"none": None}, [], ((), {})):
+        check_transform(jt.adam(0.1), tree, [tree, tree])
 
 
 def test_bad_arguments_are_value_errors_naming_them():

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import find, given, settings
+from hypothesis.errors import NoSuchExample
 
 import jaxtricks as jt
 from jaxtricks.testing import (
@@ -84,9 +85,16 @@ def test_a_problem_s_trees_share_one_structure_and_the_batch_axis(problem):
 
 
 @DRAWS
-@given(rate=learning_rates(1e-3, 0.5))
+@given(rate=learning_rates(0.7, 1.1))
 def test_a_learning_rate_is_a_float32_number_in_its_bounds(rate):
-    assert 1e-3 <= rate <= 0.5 and float(np.float32(rate)) == rate
+    # Neither bound is a float32 number: float32(0.7) lies below 0.7, float32(1.1) above 1.1.
+    assert 0.7 <= rate <= 1.1 and float(np.float32(rate)) == rate
+
+
+def test_a_learning_rate_never_rounds_past_its_bounds():
+    # Hypothesis tries the bounds early: a bound rounded to float32 the wrong way is found.
+    with pytest.raises(NoSuchExample):
+        find(learning_rates(0.7, 1.1), lambda rate: not 0.7 <= rate <= 1.1, settings=SEARCH)
 
 
 def test_learning_rates_may_be_schedules_and_refuse_bad_bounds():

@@ -15,6 +15,8 @@ two ways (fused by XLA or op by op, batched or not) may round differently: 4 for
 against eager and 2 for ``vmap`` against a loop, tighter than ``check_transform``'s defaults.
 """
 
+import inspect
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -54,6 +56,7 @@ TRANSFORMS = {
     "scale_by_adam": jt.scale_by_adam(eps=EPS),
     "normalize_by_global_norm": jt.normalize_by_global_norm(),
     "clip_by_value": jt.clip_by_value(1.0),
+    "clip": jt.clip(1.0),
     "clip_by_norm": jt.clip_by_norm(1.0),
     "clip_by_global_norm": jt.clip_by_global_norm(1.0),
     "add_decayed_weights": jt.add_decayed_weights(0.1),
@@ -73,7 +76,7 @@ TRANSFORMS = {
     "adam": jt.adam(LR, eps=EPS),
     "adamw": jt.adamw(LR, eps=EPS, weight_decay=0.1),
     "normalized_sgd": jt.normalized_sgd(LR),
-    "clip_then_sgd": optax.chain(jt.clip_by_global_norm(1.0), jt.sgd(LR)),
+    "chain_of_clip_and_sgd": optax.chain(jt.clip_by_global_norm(1.0), jt.sgd(LR)),
     "trace": jt.trace(0.9),
     "trace_nesterov": jt.trace(0.9, nesterov=True),
     "scale_by_stddev": jt.scale_by_stddev(eps=EPS),
@@ -95,6 +98,7 @@ EXTRA_ARGS = {"reduce_on_plateau": {"value": jnp.asarray(1.0)}}
 # float16 does not have (neither promotes to the other; Optax raises a ValueError).
 REPLACED = {
     "clip_by_value": {COMPLEX64: FLOAT32},
+    "clip": {COMPLEX64: FLOAT32},
     "reduce_on_plateau": {FLOAT16: FLOAT32},
 }
 # These add λw, so a zero gradient still moves the parameters.
@@ -141,6 +145,28 @@ def norm64(tree):
 
 
 # --- every transform ----------------------------------------------------------------------
+
+
+# Public factories of gradient transformations the suite runs through others: the optimizers
+# get_optimizer builds by name are in TRANSFORMS by their own names.
+COVERED_ELSEWHERE = {"get_optimizer"}
+
+
+def test_every_public_transform_factory_is_in_the_suite():
+    factories = {
+        name for name in jt.tricks.__all__
+        if inspect.isfunction(getattr(jt, name))
+        and "GradientTransformation" in str(inspect.signature(getattr(jt, name)).return_annotation)
+    }
+    assert len(factories) > 30  # the annotation test finds them: it would not find none
+    # A key names the factory it tests, or the factory and a variant ("scale_by_rms_centered"):
+    # it counts for the longest factory name it starts with, so "clip_by_value" is not "clip".
+    covered = set()
+    for key in TRANSFORMS:
+        owners = [name for name in factories if key == name or key.startswith(f"{name}_")]
+        covered.update([max(owners, key=len)] if owners else [])
+    missing = sorted(factories - covered - COVERED_ELSEWHERE)
+    assert not missing, f"add to TRANSFORMS: {missing}"
 
 
 @pytest.mark.parametrize("name", NAMES)

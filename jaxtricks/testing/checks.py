@@ -6,7 +6,8 @@ assertions, and ours, put it in the message). The properties:
 
 - a transformation (:func:`check_transform`): ``"dtypes"`` (updates have the gradients'
   structure, shapes and dtypes), ``"state"`` (the state keeps its structure, shapes and dtypes
-  from step to step), ``"finite"`` (finite inputs give finite updates and states), ``"jit"``
+  from step to step), ``"finite"`` (finite inputs give finite updates and states; an infinity
+  in ``init``'s state, such as a best-so-far metric, may stay), ``"jit"``
   (``jit(init)`` and ``jit(update)`` equal eager calls), ``"retrace"`` (the jitted update is
   not compiled again on the second call, fed the state the first returned), ``"vmap"``
   (``jit(vmap(init))`` and ``jit(vmap(update))`` over a batch equal a loop over it),

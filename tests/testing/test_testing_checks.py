@@ -287,6 +287,8 @@ def test_a_correct_initializer_passes_every_check():
     ("initializer", "failing", "passing"),
     [
         (lambda key, shape, dtype: jnp.ones((*shape, 1), dtype), "shape", ["dtype", "finite"]),
+        (lambda key, shape, dtype: jax.random.normal(key, shape, jnp.float16), "dtype",
+         ["shape", "finite", "deterministic", "random", "jit"]),
         (lambda key, shape, dtype: jnp.full(shape, jnp.inf, dtype), "finite",
          ["shape", "dtype", "deterministic"]),
         (lambda key, shape, dtype: jnp.asarray(np.random.default_rng().normal(size=shape), dtype),
@@ -297,7 +299,7 @@ def test_a_correct_initializer_passes_every_check():
          * (2 if isinstance(key, jax.core.Tracer) else 1), "jit",
          ["shape", "dtype", "finite", "deterministic", "random"]),
     ],
-    ids=["shape", "finite", "deterministic", "random", "jit"],
+    ids=["shape", "dtype", "finite", "deterministic", "random", "jit"],
 )
 def test_a_broken_initializer_fails_the_property_it_breaks(initializer, failing, passing):
     check_initializer(initializer, jax.random.key(2), (3, 4), jnp.float32, checks=passing)
@@ -323,6 +325,20 @@ def test_a_broken_schedule_fails_the_property_it_breaks(schedule, failing):
         check_schedule(schedule, counts, checks=others)
     with pytest.raises(AssertionError, match=f"property '{failing}' failed"):
         check_schedule(schedule, counts, checks=[failing])
+
+
+def test_a_schedule_that_sees_the_whole_batch_fails_the_vmap_check():
+    # A host callback batched by passing it the whole batch: the value depends on its size.
+    def rate(count):
+        return np.full(np.shape(count), 0.1 * np.size(count), np.float32)
+
+    def schedule(count):
+        shape = jax.ShapeDtypeStruct((), jnp.float32)
+        return jax.pure_callback(rate, shape, count, vmap_method="broadcast_all")
+
+    check_schedule(schedule, [0, 5], checks=["scalar", "finite", "nonnegative", "jit"])
+    with pytest.raises(AssertionError, match=r"property 'vmap' failed \(count 0\)"):
+        check_schedule(schedule, [0, 5], checks=["vmap"])
 
 
 def test_a_correct_schedule_passes_every_check():

@@ -63,6 +63,7 @@ def test_model_averaging_quick_run_writes_its_results(tmp_path):
             assert all(0.5 < accuracy <= 1 for accuracy in accuracies)
 
 
+@pytest.mark.slow
 def test_the_property_test_example_passes_as_pytest_runs_it():
     """examples/test_own_transform.py: each of its test functions runs and passes."""
     path = EXAMPLES / "test_own_transform.py"

@@ -67,3 +67,16 @@ def test_model_averaging_quick_run_writes_its_results(tmp_path):
     final = results["summary"]["ensemble (base seeds 0 and 100)"]["final"]
     assert final["gain_accuracy"]["mean"] == pytest.approx(sum(results["ensemble_gain"]) / 2)
     assert results["provenance"]["module"] == "examples.model_averaging"
+
+
+@pytest.mark.slow
+def test_the_property_test_example_passes_as_pytest_runs_it():
+    """examples/test_own_transform.py: each of its test functions runs and passes."""
+    path = EXAMPLES / "test_own_transform.py"
+    spec = importlib.util.spec_from_file_location("test_own_transform", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tests = [getattr(module, name) for name in sorted(vars(module)) if name.startswith("test_")]
+    assert len(tests) == 2
+    for test in tests:
+        test()

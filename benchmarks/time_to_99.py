@@ -102,6 +102,29 @@ def _whole_split_correct(eval_step, images: jax.Array, labels: jax.Array, batch_
     return jax.jit(correct)
 
 
+def step_flops(train_step: Any, state: Any, batch: Any) -> float:
+    """Floating-point operations of one training step, from XLA's cost analysis."""
+    analysis = jax.jit(train_step).lower(state, batch).compile().cost_analysis()
+    if isinstance(analysis, list | tuple):  # one entry per program on older jax
+        analysis = analysis[0]
+    return float(analysis["flops"])
+
+
+def matmul_flops_per_s(size: int = 2048, repeats: int = 10) -> float:
+    """The best float32 matrix-product rate of this machine through XLA, FLOP/s: the rate at
+    which a step's FLOPs could run at the most, so ``train_flops / matmul_flops_per_s`` is a
+    floor for the training time."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    product = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(product(a))
+    best = math.inf
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        jax.block_until_ready(product(a))
+        best = min(best, time.perf_counter() - tick)
+    return 2 * size**3 / best
+
+
 def run(
         recipe: dict[str, Any],
         seed: int,
@@ -195,6 +218,9 @@ def run(
             break
     wall_s = time.perf_counter() - begin
     cpu_s = time.process_time() - cpu_begin
+    # Off the clock: the floating-point work of one step as XLA counts it.
+    batch = (images[:batch_size], labels[:batch_size])
+    flops_per_step = step_flops(train_step, state, batch)
     return {
         "reached": reached,
         "test_accuracy": curve[-1][2],
@@ -208,6 +234,8 @@ def run(
         "train_s": train_s,
         "eval_s": eval_s,
         "images_per_s": step * batch_size / train_s,
+        "flops_per_step": flops_per_step,
+        "train_flops": flops_per_step * step,
         "curve": curve,
     }
 
@@ -231,6 +259,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--eval-every", type=int, help="override the steps between checks")
     parser.add_argument("--eval-from", type=int, help="override the step of the first check")
     parser.add_argument(
+        "--compilation-cache", metavar="DIR",
+        help="JAX's persistent compilation cache in DIR: run twice, the first run (empty DIR) "
+             "is cold and fills it, the second is warm",
+    )
+    parser.add_argument(
         "--quick", action="store_true",
         help="a 2,048-image training subset and 1,000 test images, one seed, target 0.5: "
         "checks the benchmark runs, not speed",
@@ -238,6 +271,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     if not 0 < args.target <= 1:
         raise ValueError(f"--target must be in (0, 1], got {args.target}")
+
+    cache_entries = None
+    if args.compilation_cache:
+        # Before anything compiles; every program is cached, however small or quick to build.
+        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        os.makedirs(args.compilation_cache, exist_ok=True)
+        cache_entries = len(os.listdir(args.compilation_cache))
 
     data_begin = time.perf_counter()
     if args.quick:
@@ -248,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     data_s = time.perf_counter() - data_begin
 
     info = machine()
+    peak = matmul_flops_per_s()
     records, rows = [], []
     for name in RECIPES if args.recipe == "all" else [args.recipe]:
         recipe = dict(RECIPES[name], model=dict(RECIPES[name]["model"]))
@@ -278,7 +321,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "test_examples": int(test_x.shape[0]),
                 "data_s": data_s,
                 **result,
+                "matmul_flops_per_s": peak,
+                # The training time if every FLOP ran at the matrix-product rate.
+                "train_floor_s": result["train_flops"] / peak,
                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                "compilation_cache": args.compilation_cache,
+                # Entries found when the process started: 0 is a cold cache, more a warm one.
+                "compilation_cache_entries_at_start": cache_entries,
                 **info,
                 "load_average_1min": load,
                 "load_average_1min_end": os.getloadavg()[0],
@@ -292,8 +341,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             summarize([r["compile_s"] for r in runs])["median"],
             summarize([r["epochs"] for r in runs])["median"],
             min(r["test_accuracy"] for r in runs),
+            summarize([r["train_s"] for r in runs])["median"],
+            summarize([r["train_flops"] / peak for r in runs])["median"],
         ])
-    table(rows, ["recipe", "seeds", "reached", "wall s", "compile s", "epochs", "min acc"])
+    table(rows, ["recipe", "seeds", "reached", "wall s", "compile s", "epochs", "min acc",
+                 "train s", "floor s"])
     return records
 
 

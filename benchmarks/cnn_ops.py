@@ -25,7 +25,7 @@ import numpy as np
 from jax import lax
 
 from benchmarks.common import emit, machine, table
-from jaxtricks.models.cnn import _average_pool_2x2
+from jaxtricks.models.cnn import average_pool_2x2
 
 
 def best_ms(function: Callable, *args: Any, rounds: int, calls: int) -> float:
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     def reduce_window_pool(h):
         return lax.reduce_window(h, 0.0, lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID") * 0.25
 
-    pools = {"reshape_mean": _average_pool_2x2, "reduce_window": reduce_window_pool}
+    pools = {"reshape_mean": average_pool_2x2, "reduce_window": reduce_window_pool}
     for variant, pool in pools.items():
         record("avg_pool_forward", variant, timer(jax.jit(pool), h))
         grad = jax.jit(jax.grad(lambda h, pool=pool: jnp.sum(pool(h))))

@@ -125,8 +125,9 @@ def train_images_per_s(
     Args:
         model: a module from :func:`cnn`.
         optimizer: a ``torch.optim`` optimizer over ``model.parameters()``.
-        images: float32 tensor ``(N, C, H, W)`` with ``N >= (steps + 1) * batch_size``.
-        labels: int64 tensor ``(N,)``.
+        images: float32 tensor ``(N, C, H, W)`` with ``N >= (steps + 1) * batch_size``, on the
+            model's device (the CPU, or a CUDA GPU: the clock then waits for the device).
+        labels: int64 tensor ``(N,)``, on the same device.
         batch_size: examples per step.
         steps: timed steps.
         seed: seed of the batch order.
@@ -138,6 +139,11 @@ def train_images_per_s(
 
     order = np.random.default_rng(seed).permutation(images.shape[0])
     batches = torch.from_numpy(order[: (steps + 1) * batch_size].reshape(steps + 1, batch_size))
+    batches = batches.to(images.device)
+
+    def synchronize():
+        if images.is_cuda:  # CUDA runs asynchronously: wait for the steps before the clock
+            torch.cuda.synchronize()
 
     def step(idx):
         optimizer.zero_grad(set_to_none=True)
@@ -147,8 +153,10 @@ def train_images_per_s(
         return loss
 
     step(batches[0])
+    synchronize()
     begin = time.perf_counter()
     for i in range(1, steps + 1):
         loss = step(batches[i])
+    synchronize()
     elapsed = time.perf_counter() - begin
     return steps * batch_size / elapsed, float(loss.detach())

@@ -11,10 +11,10 @@ jaxtricks' figure is the time ``fit`` reports for its second epoch (compilation,
 the whole first epoch excluded, as warm-up); the Flax loop's and PyTorch's exclude their first
 (compiling, warming) step. PyTorch runs on ``os.cpu_count()`` intra-op threads unless
 ``--torch-threads`` says otherwise (on a machine shared with other jobs one thread can be much
-faster than two).
+faster than two), on the CPU unless ``--torch-device cuda`` puts its model and images on a GPU.
 
     python -m benchmarks.train_throughput [--steps 100] [--repeats 3] [--config all] [--quick]
-        [--torch-threads N] [--no-torch]
+        [--torch-threads N] [--torch-device cpu|cuda] [--no-torch]
 
 Prints one JSON line per configuration (images/s: median, min, max, spread of the repeats; the
 ratios jaxtricks / Flax and jaxtricks / PyTorch per repeat) and a table on stderr.
@@ -113,10 +113,11 @@ def _jaxtricks_fit(model, tx, images, labels, test_images, test_labels, batch_si
 
 
 def _torch_run(config, images, labels, batch_size, steps, seed) -> float:
-    """Images per second of the PyTorch twin over ``steps`` steps after one warm-up."""
+    """Images per second of the PyTorch twin, on the device of ``images``, over ``steps`` steps
+    after one warm-up."""
     import torch
 
-    model = torch_baseline.cnn(**config["model"], seed=seed)
+    model = torch_baseline.cnn(**config["model"], seed=seed).to(images.device)
     optimizer = config["torch_optimizer"](torch, model.parameters())
     rate, _ = torch_baseline.train_images_per_s(
         model, optimizer, images, labels, batch_size, steps, seed
@@ -138,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         "--torch-threads", type=int, default=os.cpu_count(),
         help="PyTorch intra-op threads (default: os.cpu_count())",
     )
+    parser.add_argument("--torch-device", default="cpu",
+                        help="PyTorch's device: cpu, or cuda to compare on a GPU")
     parser.add_argument(
         "--quick", action="store_true",
         help="a few steps, one repeat, a small test split: checks the benchmark runs, not speed",
@@ -160,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         import torch
 
         info["torch_threads"] = torch_baseline.set_threads(args.torch_threads)
-        torch_images = torch_baseline.to_nchw(images)
-        torch_labels = torch.from_numpy(labels.astype(np.int64))
+        info["torch_device"] = args.torch_device
+        torch_images = torch_baseline.to_nchw(images).to(args.torch_device)
+        torch_labels = torch.from_numpy(labels.astype(np.int64)).to(args.torch_device)
     info["load_average_1min"] = os.getloadavg()[0]
     train_n = args.steps * args.batch_size
     records, rows = [], []

@@ -1,15 +1,13 @@
-"""Label smoothing (lesson L5) through ``optax.losses``: ``fit``'s ``loss_fn`` is a one-liner.
+"""Label smoothing (lesson L5) through ``optax.losses``: ``fit``'s ``loss_fn`` is one call.
 
     python examples/label_smoothing.py [--quick]
 
-The one-hot target of class c becomes ``(1 − α) e_c + α / 10``, so the network is never pushed
-to infinite confidence. Accuracy stays the metric; the test set is only reported.
+The one-hot target of class c becomes ``(1 − α) e_c + α / 10`` (``jt.smoothed_cross_entropy``:
+``optax.smooth_labels``, then ``optax.losses.softmax_cross_entropy``), so the network is never
+pushed to infinite confidence. Accuracy stays the metric; the test set is only reported.
 """
 
 import argparse
-
-import jax
-import optax
 
 import jaxtricks as jt
 from jaxtricks.backend import configure_host_allocator, configure_xla_cpu
@@ -20,12 +18,6 @@ from jaxtricks.training import EvaluationHook, accuracy, fit
 ALPHA = 0.1
 
 
-def smoothed_cross_entropy(logits, labels):
-    """Softmax cross-entropy against targets smoothed by ``ALPHA``, one value per image."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), ALPHA)
-    return optax.losses.softmax_cross_entropy(logits, targets)
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="4,000 images, 2 epochs")
@@ -34,7 +26,7 @@ def main(argv=None) -> dict:
                        validation_examples=1000 if args.quick else 5000)
     _, history = fit(MLP(features=(512, 256)), jt.adam(1e-3), data.train_x, data.train_y,
                      validation_data=(data.val_x, data.val_y),
-                     loss_fn=smoothed_cross_entropy, metrics={"accuracy": accuracy},
+                     loss_fn=jt.smoothed_cross_entropy(ALPHA), metrics={"accuracy": accuracy},
                      epochs=2 if args.quick else 10, batch_size=128,
                      callbacks=[EvaluationHook("test", data.test_x, data.test_y)])
     print(f"label smoothing {ALPHA}: validation accuracy {history['val_accuracy'][-1]:.4f}, "

@@ -1,5 +1,5 @@
-"""The ``jaxtricks`` command line: ``python -m jaxtricks train ...``, ``... experiment ...``,
-``... launch ...``."""
+"""The ``jaxtricks`` command line: ``python -m jaxtricks train ...``, ``lr-find ...``,
+``experiment ...``, ``launch ...``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from jaxtricks.backend import configure_host_allocator, configure_xla_cpu
-from jaxtricks.cli import experiment, launch, train
+from jaxtricks.cli import experiment, launch, lr_find, train
 
 
 class Parser(argparse.ArgumentParser):
@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_arguments(train_parser)
     train_parser.set_defaults(run=train.run, parser=train_parser)
+    lr_find_parser = commands.add_parser(
+        "lr-find",
+        help="learning-rate range test: suggest a learning rate for train's model and optimizer",
+        description=lr_find.DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    lr_find.add_arguments(lr_find_parser)
+    lr_find_parser.set_defaults(run=lr_find.run, parser=lr_find_parser)
     experiment_parser = commands.add_parser(
         "experiment",
         help="run an experiment that measures one claim of the lesson (or all of them)",

@@ -47,24 +47,28 @@ from jaxtricks.training import (
     Hook,
     LambdaHook,
     MetricsFileHook,
+    accuracy,
     evaluate,
     fit,
     make_eval_step,
 )
 from jaxtricks.training.checkpoint import CheckpointManager, CheckpointSaveError
+from jaxtricks.training.precision import PRECISIONS
 from jaxtricks.training.sharding import make_mesh
 from jaxtricks.tricks import initializers, optimizers, schedules
 from jaxtricks.tricks.averaging import ema_params, swa_params
 from jaxtricks.tricks.clipping import clip_by_global_norm, clip_by_norm, clip_by_value
 from jaxtricks.tricks.diagnostics import gradient_health, update_health
+from jaxtricks.tricks.soft_targets import mixup, smoothed_cross_entropy
 from jaxtricks.tricks.weight_decay import add_l2_penalty
 
 DESCRIPTION = (
     "Train on real MNIST or Fashion-MNIST, jit-compiled, with every trick of the lesson "
     "switchable: input scaling (L1), initializer (L2), batch norm (L3), dropout (L4), weight "
-    "decay, early stopping and weight averaging (L5), optimizer, clipping and learning-rate "
-    "schedule (L6), architecture (L7). Holds out validation images for every choice, reports "
-    "the test set apart, and writes metrics.json and curves.png into --out."
+    "decay, early stopping, weight averaging, label smoothing and mixup (L5), optimizer, "
+    "clipping and learning-rate schedule (L6), architecture (L7), and mixed precision. Holds "
+    "out validation images for every choice, reports the test set apart, and writes "
+    "metrics.json and curves.png into --out."
 )
 
 MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
@@ -98,51 +102,9 @@ class CommandError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``train`` flags to ``parser``."""
-    data = parser.add_argument_group("data (L1)")
-    data.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist",
-                      help="which dataset to train on")
-    data.add_argument("--data-dir", default=None,
-                      help="folder holding the four IDX files (else JAXTRICKS_DATA_DIR, the "
-                           "cache, system paths, then download)")
-    data.add_argument("--train-examples", type=int, default=None,
-                      help="train on the first N training images only (default: all but the "
-                           "validation images)")
-    data.add_argument("--validation-examples", type=int, default=5000,
-                      help="hold out the last N training images as validation data (0: none; "
-                           "then --monitor must be a training metric)")
-    data.add_argument("--test-examples", type=int, default=None,
-                      help="evaluate on the first N test images only (default: all)")
-    data.add_argument("--scaling", choices=("standardize", "unit", "raw"), default="standardize",
-                      help="inputs: standardize with training statistics, scale to [0,1], or "
-                           "raw 0-255")
-    model = parser.add_argument_group("model (L2, L3, L4, L7)")
-    model.add_argument("--model", choices=tuple(MODELS), default="cnn", help="architecture")
-    model.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True,
-                       help="batch normalization after the weights, before the activation")
-    model.add_argument("--dropout", type=float, default=0.1, help="dropout rate in [0, 1)")
-    model.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu",
-                       help="activation function")
-    model.add_argument("--initializer", default="he_normal",
-                       help=f"kernel initializer, one of: {', '.join(initializers.NAMES)}")
-    optim = parser.add_argument_group("optimization (L5, L6)")
-    optim.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
-                       help="optimizer (momentum_lesson: v <- g*v - lr*grad, w <- w + v)")
-    optim.add_argument("--learning-rate", type=float, default=2e-3, help="peak learning rate")
-    optim.add_argument("--momentum", type=float, default=0.9,
-                       help="momentum for momentum, momentum_lesson, nesterov, rmsprop")
-    optim.add_argument("--schedule", choices=SCHEDULES, default="one_cycle",
-                       help="learning-rate schedule over the run")
-    optim.add_argument("--decay-factor", type=float, default=0.98,
-                       help="per_epoch: multiply the rate by this after each epoch; step: "
-                            "the factor every --step-epochs epochs")
-    optim.add_argument("--step-epochs", type=int, default=1, help="step schedule period")
-    optim.add_argument("--warmup-epochs", type=float, default=1.0,
-                       help="warmup_cosine: epochs of linear warm-up")
-    optim.add_argument("--clip", choices=CLIPPING, default="none", help="gradient clipping")
-    optim.add_argument("--clip-threshold", type=float, default=1.0,
-                       help="clipping threshold (the lesson suggests 1 or 10)")
-    optim.add_argument("--weight-decay", type=float, default=0.0,
-                       help="decoupled weight decay for adamw, coupled L2 for the others")
+    add_data_arguments(parser.add_argument_group("data (L1)"))
+    add_model_arguments(parser.add_argument_group("model (L2, L3, L4, L7)"))
+    add_optimizer_arguments(parser.add_argument_group("optimization (L5, L6)"))
     guard = parser.add_argument_group("against overfitting (L5) and diagnostics")
     guard.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
                        help="stop after PATIENCE epochs without a better --monitor and keep the "
@@ -156,12 +118,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     guard.add_argument("--swa-start", type=int, default=None, metavar="EPOCH",
                        help="also evaluate the uniform average (SWA) of the weights of epochs "
                             ">= EPOCH")
+    guard.add_argument("--label-smoothing", type=float, default=0.0, metavar="ALPHA",
+                       help="train on targets (1 - ALPHA) one-hot + ALPHA / classes, in [0, 1]; "
+                            "0: off")
+    guard.add_argument("--mixup", type=float, default=None, metavar="ALPHA",
+                       help="train on mixup batches: pairs of images and their targets mixed "
+                            "with a weight ~ Beta(ALPHA, ALPHA), ALPHA > 0; unset: off")
     guard.add_argument("--gradient-health", action="store_true",
                        help="record per-layer gradient and update norms (logged per epoch in "
                             "metrics.json) and plot the gradient norms to gradient_norms.png")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--epochs", type=int, default=4, help="epochs")
     run_group.add_argument("--batch-size", type=int, default=128, help="batch size")
+    run_group.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                           help="compute dtype: float32, bfloat16, or float16 with dynamic loss "
+                                "scaling; parameters and optimizer state stay float32")
     run_group.add_argument("--seed", type=int, default=0, help="random seed in [0, 2**63)")
     run_group.add_argument("--runner", choices=("auto", "loop", "scan"), default=None,
                            help="epoch runner: Python loop or lax.scan; auto times both; unset: "
@@ -222,6 +193,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "warning), with that run's flags; without a checkpoint, start afresh")
 
 
+def add_data_arguments(group: Any) -> None:
+    """Adds the flags that choose the data (``--dataset`` ... ``--scaling``) to ``group``, an
+    argument parser or group."""
+    group.add_argument("--dataset", choices=("mnist", "fashion_mnist"), default="mnist",
+                       help="which dataset to train on")
+    group.add_argument("--data-dir", default=None,
+                       help="folder holding the four IDX files (else JAXTRICKS_DATA_DIR, the "
+                            "cache, system paths, then download)")
+    group.add_argument("--train-examples", type=int, default=None,
+                       help="train on the first N training images only (default: all but the "
+                            "validation images)")
+    group.add_argument("--validation-examples", type=int, default=5000,
+                       help="hold out the last N training images as validation data (0: none; "
+                            "then --monitor must be a training metric)")
+    group.add_argument("--test-examples", type=int, default=None,
+                       help="evaluate on the first N test images only (default: all)")
+    group.add_argument("--scaling", choices=("standardize", "unit", "raw"), default="standardize",
+                       help="inputs: standardize with training statistics, scale to [0,1], or "
+                            "raw 0-255")
+
+
+def add_model_arguments(group: Any) -> None:
+    """Adds the flags that define the model (``--model`` ... ``--initializer``) to ``group``."""
+    group.add_argument("--model", choices=tuple(MODELS), default="cnn", help="architecture")
+    group.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=True,
+                       help="batch normalization after the weights, before the activation")
+    group.add_argument("--dropout", type=float, default=0.1, help="dropout rate in [0, 1)")
+    group.add_argument("--activation", choices=tuple(ACTIVATIONS), default="relu",
+                       help="activation function")
+    group.add_argument("--initializer", default="he_normal",
+                       help=f"kernel initializer, one of: {', '.join(initializers.NAMES)}")
+
+
+def add_optimizer_arguments(group: Any, *, schedule: bool = True) -> None:
+    """Adds the optimizer flags to ``group``; with ``schedule``, the learning rate and its
+    schedule too (``--learning-rate``, ``--schedule``, ``--decay-factor``, ``--step-epochs``,
+    ``--warmup-epochs``)."""
+    group.add_argument("--optimizer", choices=OPTIMIZERS, default="adam",
+                       help="optimizer (momentum_lesson: v <- g*v - lr*grad, w <- w + v)")
+    if schedule:
+        group.add_argument("--learning-rate", type=float, default=2e-3,
+                           help="peak learning rate")
+    group.add_argument("--momentum", type=float, default=0.9,
+                       help="momentum for momentum, momentum_lesson, nesterov, rmsprop")
+    if schedule:
+        group.add_argument("--schedule", choices=SCHEDULES, default="one_cycle",
+                           help="learning-rate schedule over the run")
+        group.add_argument("--decay-factor", type=float, default=0.98,
+                           help="per_epoch: multiply the rate by this after each epoch; step: "
+                                "the factor every --step-epochs epochs")
+        group.add_argument("--step-epochs", type=int, default=1, help="step schedule period")
+        group.add_argument("--warmup-epochs", type=float, default=1.0,
+                           help="warmup_cosine: epochs of linear warm-up")
+    group.add_argument("--clip", choices=CLIPPING, default="none", help="gradient clipping")
+    group.add_argument("--clip-threshold", type=float, default=1.0,
+                       help="clipping threshold (the lesson suggests 1 or 10)")
+    group.add_argument("--weight-decay", type=float, default=0.0,
+                       help="decoupled weight decay for adamw, coupled L2 for the others")
+
+
 def parse_devices(text: str) -> int:
     """``--devices``: a count >= 0, or ``all`` for 0 (every device)."""
     if text == "all":
@@ -280,6 +311,13 @@ def validate(args: argparse.Namespace) -> None:
         _check(_finite(args.ema) and 0 <= args.ema <= 1, "--ema", "a number in [0, 1]", args.ema)
     if args.swa_start is not None:
         _check(args.swa_start >= 1, "--swa-start", "an integer >= 1", args.swa_start)
+    _check(args.precision in PRECISIONS, "--precision", f"one of {', '.join(PRECISIONS)}",
+           args.precision)
+    _check(_finite(args.label_smoothing) and 0 <= args.label_smoothing <= 1,
+           "--label-smoothing", "a number in [0, 1]", args.label_smoothing)
+    if args.mixup is not None:
+        _check(_finite(args.mixup) and args.mixup > 0, "--mixup", "a finite number > 0",
+               args.mixup)
     if args.ema is not None and args.swa_start is not None:
         raise CommandError("--ema and --swa-start are two averages: give one of them")
     if args.monitor.endswith("_averaged") and args.ema is None and args.swa_start is None:
@@ -554,7 +592,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 2
 
 
-def _split_data(args: argparse.Namespace) -> Splits:
+def split_data(args: argparse.Namespace) -> Splits:
+    """The splits the data flags ask for; ``CommandError`` naming the flag when they cannot be
+    loaded or a count is out of range."""
     try:
         data = load_splits(args.dataset, train_examples=args.train_examples,
                            validation_examples=args.validation_examples,
@@ -588,7 +628,7 @@ def _train(args: argparse.Namespace) -> int:
     arguments_path = prepare_output(args, given)
     leader = jax.process_index() == 0
     mesh = build_mesh(args)
-    data = _split_data(args)
+    data = split_data(args)
     validation = (data.val_x, data.val_y) if args.validation_examples else None
     steps_per_epoch = data.train_x.shape[0] // args.batch_size
     model = build_model(args)
@@ -631,13 +671,22 @@ def _train(args: argparse.Namespace) -> int:
             resume=args.resume,
         ))
         hooks.append(SaveArguments(args, arguments_path))
+    # fp32 casts nothing (the data are float32): None, as runs before --precision existed.
+    precision = None if args.precision == "fp32" else args.precision
+    objective = {}
+    if args.label_smoothing:
+        objective = {"loss_fn": smoothed_cross_entropy(args.label_smoothing),
+                     "metrics": {"accuracy": accuracy}}
+    batch_transform = None
+    if args.mixup is not None:
+        batch_transform = mixup(args.mixup, model.num_classes)
     try:
         state, history = fit(
             model, optimizer, data.train_x, data.train_y, validation_data=validation,
             epochs=args.epochs,
             batch_size=args.batch_size, seed=args.seed, runner=args.runner, mesh=mesh,
             shard_optimizer_state=args.shard_optimizer_state, progress=args.progress,
-            callbacks=hooks,
+            callbacks=hooks, precision=precision, batch_transform=batch_transform, **objective,
         )
     except CheckpointSaveError as err:
         raise CommandError(
@@ -656,8 +705,8 @@ def _train(args: argparse.Namespace) -> int:
     history.header["wall_time_s"] = time.perf_counter() - started
     history.header["arguments"] = {k: v for k, v in vars(args).items() if _jsonable(v)}
     history.header["dataset_source"] = data.source
-    final = evaluate(make_eval_step(model, mesh=mesh), state, data.test_x, data.test_y,
-                     batch_size=args.batch_size)
+    final = evaluate(make_eval_step(model, mesh=mesh, precision=precision), state, data.test_x,
+                     data.test_y, batch_size=args.batch_size)
     history.header["final_test"] = final
     if not leader:
         return 0

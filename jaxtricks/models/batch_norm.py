@@ -164,7 +164,9 @@ class BatchNorm(nn.BatchNorm):
     parameters and no mask or ``axis_name``; otherwise, and in evaluation, it is
     ``flax.linen.BatchNorm``. Both paths compute the same normalization and running averages,
     up to float rounding. Parameters and ``batch_stats`` have Flax's names and shapes, so
-    checkpoints and code written for Flax's layer carry over.
+    checkpoints and code written for Flax's layer carry over. The scale and bias are used in
+    ``param_dtype`` whatever dtype they are handed in: a mixed-precision policy casts every
+    parameter to its 16-bit compute dtype, and batch norm keeps computing in float32.
 
     Attributes:
         custom_gradient: take the hand-written path (True), Flax's (False), or the backend's
@@ -172,6 +174,14 @@ class BatchNorm(nn.BatchNorm):
     """
 
     custom_gradient: bool | None = None
+
+    @nn.nowrap
+    def param(self, name: str, init_fn: Any, *init_args: Any, unbox: bool = True,
+              **init_kwargs: Any) -> Any:
+        """``flax.linen.Module.param``, the value cast to ``param_dtype`` (the gradient flows
+        back through the cast to the dtype the parameter came in)."""
+        value = super().param(name, init_fn, *init_args, unbox=unbox, **init_kwargs)
+        return jnp.asarray(value, self.param_dtype)
 
     @nn.compact
     def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,

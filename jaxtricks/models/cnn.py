@@ -14,11 +14,11 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from jaxtricks.models._blocks import Classifier, check_input, check_sizes
-from jaxtricks.tricks._checks import check_int
+from jaxtricks.models.blocks import Classifier, check_input, check_sizes
+from jaxtricks.tricks.checks import check_int
 
 
-def _average_pool_2x2(h: jax.Array) -> jax.Array:
+def average_pool_2x2(h: jax.Array) -> jax.Array:
     """The mean over 2×2 windows with stride 2; an odd last row or column is dropped.
 
     ``flax.linen.avg_pool`` divides by an int32 window size, which strict dtype promotion
@@ -46,7 +46,8 @@ class CNN(Classifier):
         kernel_init: initializer of every kernel (``jax.nn.initializers`` signature); He normal,
             ``N(0, 2 / fan_in)``, by default, suited to ReLU.
         batch_norm_momentum: ``m`` in ``μ_run ← m μ_run + (1 - m) μ_batch``.
-        dtype: the compute dtype; parameters and logits are float32.
+        dtype: the compute dtype; None: that of the inputs and parameters (a precision
+            policy's). Parameters and logits are float32.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -85,7 +86,7 @@ class CNN(Classifier):
         for channels in self.features:
             h = self.conv(channels, 3)(h)
             h = self.activate(self.normalize(h, train))
-            h = _average_pool_2x2(h)
+            h = average_pool_2x2(h)
         h = h.reshape((h.shape[0], -1))
         h = self.dense(self.hidden)(h)
         h = self.activate(self.normalize(h, train))

@@ -35,14 +35,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtricks.models._probe import (
+from jaxtricks.models.probe import (
     LAYER_TYPES,
     check_apply_options,
     check_layer_types,
     layer_paths_and_shapes,
     run_layers,
 )
-from jaxtricks.tricks._checks import check_range
+from jaxtricks.tricks.checks import check_range
 from jaxtricks.tricks.initializers import orthogonal
 
 __all__ = ["lsuv"]

@@ -19,13 +19,13 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from jaxtricks.models._blocks import (
+from jaxtricks.models.blocks import (
     Classifier,
     NormActModule,
     check_input,
     check_sizes,
 )
-from jaxtricks.tricks._checks import check_int
+from jaxtricks.tricks.checks import check_int
 
 
 class ResidualBlock(NormActModule):
@@ -95,7 +95,8 @@ class ResNet(Classifier):
         kernel_init: initializer of every kernel (``jax.nn.initializers`` signature); He normal,
             ``N(0, 2 / fan_in)``, by default, suited to ReLU.
         batch_norm_momentum: ``m`` in ``μ_run ← m μ_run + (1 - m) μ_batch``.
-        dtype: the compute dtype; parameters and logits are float32.
+        dtype: the compute dtype; None: that of the inputs and parameters (a precision
+            policy's). Parameters and logits are float32.
 
     Example:
         >>> import jax, jax.numpy as jnp

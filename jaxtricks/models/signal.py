@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.models._probe import (
+from jaxtricks.models.probe import (
     LAYER_TYPES,
     check_apply_options,
     check_layer_types,

@@ -3,10 +3,16 @@
 - :mod:`~jaxtricks.training.model`: a Flax Linen or NNX module as two pure functions.
 - :mod:`~jaxtricks.training.state`: the checkpointable :class:`TrainState`.
 - :mod:`~jaxtricks.training.steps`: the compiled train and eval steps for any loss and metrics.
+- :mod:`~jaxtricks.training.precision`: mixed-precision policies (bfloat16, float16 with
+  dynamic loss scaling) the steps and ``fit`` take.
 - :mod:`~jaxtricks.training.epochs`: epochs of steps over a dataset on the device.
 - :mod:`~jaxtricks.training.hooks`: what happens around epochs (early stopping, averaging,
   plateau, progress, metrics file, evaluation of other sets, user callbacks), one protocol.
 - :mod:`~jaxtricks.training.fit`: :func:`fit` and its epoch loop :func:`train_epochs`.
+- :mod:`~jaxtricks.training.lr_finder`: the learning-rate range test
+  (:func:`find_learning_rate`), a short run over a train step that suggests a learning rate.
+- :mod:`~jaxtricks.training.hyperparams`: hyperparameters injected into an optimizer's state,
+  set from outside it (:func:`set_hyperparams`).
 - :mod:`~jaxtricks.training.checkpoint`, :mod:`~jaxtricks.training.sharding`,
   :mod:`~jaxtricks.training.ensemble`, :mod:`~jaxtricks.training.averaging`: checkpoints
   (Orbax, loaded on first use), data parallelism, ensembles, batch statistics for averaged
@@ -53,7 +59,21 @@ from jaxtricks.training.hooks import (
     health_record,
     learning_rate_of,
 )
+from jaxtricks.training.hyperparams import set_hyperparams
+from jaxtricks.training.lr_finder import (
+    LRFinderResult,
+    LRSuggestions,
+    find_learning_rate,
+    suggest_learning_rates,
+)
 from jaxtricks.training.model import FunctionalModel, functional_model
+from jaxtricks.training.precision import (
+    PRECISIONS,
+    LossScaleState,
+    Precision,
+    as_precision,
+    precision_policy,
+)
 from jaxtricks.training.sharding import (
     batch_sharding,
     make_mesh,
@@ -78,6 +98,7 @@ from jaxtricks.training.steps import (
 )
 
 __all__ = [
+    "PRECISIONS",
     "RUNNERS",
     "AveragingHook",
     "Checkpoint",
@@ -92,14 +113,19 @@ __all__ = [
     "HealthHook",
     "History",
     "Hook",
+    "LRFinderResult",
+    "LRSuggestions",
     "LambdaHook",
+    "LossScaleState",
     "MetricsFileHook",
     "PlateauHook",
+    "Precision",
     "ProgressHook",
     "Run",
     "TrainState",
     "accuracy",
     "as_optimizer",
+    "as_precision",
     "batch_sharding",
     "choose_runner",
     "compile_epoch_runner",
@@ -110,6 +136,7 @@ __all__ = [
     "epoch_indices",
     "evaluate",
     "evaluate_ensemble",
+    "find_learning_rate",
     "fit",
     "fit_ensemble",
     "functional_model",
@@ -124,16 +151,19 @@ __all__ = [
     "opt_state_sharding",
     "per_device_bytes",
     "place_sharded",
+    "precision_policy",
     "recompute_batch_stats",
     "recompute_model_state",
     "replicate",
     "replicated_sharding",
     "run_epoch",
+    "set_hyperparams",
     "shard_batch",
     "shard_dataset",
     "shard_train_state",
     "softmax_cross_entropy",
     "split_validation",
+    "suggest_learning_rates",
     "train_epochs",
     "train_state_sharding",
     "zero1_sharding",

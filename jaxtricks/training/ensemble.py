@@ -45,7 +45,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxtricks.backend import speed_paths
 from jaxtricks.training.caching import shared
@@ -53,6 +52,7 @@ from jaxtricks.training.epochs import choose_runner, compile_epoch_runner, epoch
 from jaxtricks.training.fit import make_hooks, split_validation, train_epochs
 from jaxtricks.training.history import History
 from jaxtricks.training.hooks import Hook, Run
+from jaxtricks.training.hyperparams import set_hyperparams
 from jaxtricks.training.model import FunctionalModel, functional_model
 from jaxtricks.training.state import TrainState, as_optimizer, create_train_state
 from jaxtricks.training.steps import (
@@ -76,9 +76,6 @@ __all__ = [
 
 Batch = tuple[Any, Any]
 Metrics = dict[str, jax.Array]
-
-_INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
-
 
 def _linen(model: Any) -> FunctionalModel:
     fm = functional_model(model)
@@ -126,39 +123,6 @@ def _check_hyperparams(hyperparams: Any, num_members: int) -> dict[str, np.ndarr
     return checked
 
 
-def _set_hyperparams(opt_state: Any, values: dict[str, np.ndarray]) -> Any:
-    """The stacked optimizer state with each injected hyperparameter set to its K values."""
-    found: set[str] = set()
-    available: set[str] = set()
-    scheduled: set[str] = set()
-
-    def replace(node):
-        if not isinstance(node, _INJECTED):
-            return node
-        hyperparams = dict(node.hyperparams)
-        available.update(hyperparams)
-        scheduled.update(getattr(node, "hyperparams_states", {}))
-        for name, value in values.items():
-            if name in hyperparams:
-                hyperparams[name] = jnp.asarray(value, hyperparams[name].dtype)
-                found.add(name)
-        return node._replace(hyperparams=hyperparams)
-
-    new_state = jax.tree.map(replace, opt_state, is_leaf=lambda node: isinstance(node, _INJECTED))
-    for name in values:
-        if name in scheduled:
-            raise ValueError(
-                f"hyperparams[{name!r}]: the optimizer computes it from a schedule every step, "
-                "which would overwrite the values; inject it as a number to sweep it"
-            )
-        if name not in found:
-            raise ValueError(
-                f"hyperparams[{name!r}]: the optimizer has no injected hyperparameter of that "
-                f"name (wrap it with optax.inject_hyperparams); it has {sorted(available)}"
-            )
-    return new_state
-
-
 def create_ensemble(
         model: Any,
         optimizer: Any,
@@ -199,7 +163,8 @@ def create_ensemble(
     values = _check_hyperparams(hyperparams, keys.shape[0])
     states = jax.vmap(lambda key: create_train_state(fm, optimizer, key, sample_input))(keys)
     if values:
-        states = states._replace(opt_state=_set_hyperparams(states.opt_state, values))
+        states = states._replace(
+            opt_state=set_hyperparams(states.opt_state, values, argument="hyperparams"))
     return states
 
 

@@ -15,11 +15,11 @@ Two runners compute the same steps in the same order, with bit-identical results
 - ``"scan"``: one compiled call per chunk of steps, a ``lax.fori_loop`` over the chunk.
 
 Both keep running totals of the step metrics on the device (the loss, each metric and the
-gradient norm summed over the applied steps, skipped steps counted), read by the host only when
-it asks. Which runner is faster depends on the backend and the model (the compiled loop saves a
-dispatch per step, but XLA may compile a step inside a loop less well than on its own), so
-:func:`choose_runner` measures both rather than assume; which one ``fit`` uses by default is
-the backend's choice (:func:`jaxtricks.backend.speed_paths`).
+gradient norm summed over the applied steps; skipped steps and loss-scale overflows counted),
+read by the host only when it asks. Which runner is faster depends on the backend and the
+model (the compiled loop saves a dispatch per step, but XLA may compile a step inside a loop
+less well than on its own), so :func:`choose_runner` measures both rather than assume; which
+one ``fit`` uses by default is the backend's choice (:func:`jaxtricks.backend.speed_paths`).
 """
 
 import functools
@@ -38,7 +38,12 @@ from jaxtricks.training.state import TrainState
 
 RUNNERS = ("loop", "scan")
 
+# Step metrics that count steps not applied: summed over every step as int32, never averaged.
+# A step is applied when each of them is 0.
+COUNTED_METRICS = ("skipped", "overflow")
+
 __all__ = [
+    "COUNTED_METRICS",
     "RUNNERS",
     "EpochRunner",
     "choose_runner",
@@ -92,9 +97,9 @@ def _epoch_indices(key, epoch, num_examples, batch_size):
 
 def _zero_totals(metrics_like: dict[str, Any]) -> Totals:
     """Running totals of the step metrics: a float32 sum of each over the applied steps, and
-    int32 counts of the skipped steps and of all steps."""
+    int32 counts of the steps not applied (:data:`COUNTED_METRICS`) and of all steps."""
     totals = {
-        name: jnp.zeros(like.shape, jnp.int32 if name == "skipped" else jnp.float32)
+        name: jnp.zeros(like.shape, jnp.int32 if name in COUNTED_METRICS else jnp.float32)
         for name, like in metrics_like.items()
     }
     totals["steps"] = jnp.zeros((), jnp.int32)
@@ -109,9 +114,11 @@ def _one_step(train_step, state, totals, data, indices, i):
     rows = lax.dynamic_index_in_dim(indices, i, keepdims=False)
     state, metrics = train_step(state, _take(data, rows))
     # A skipped step's values describe a step that was not applied: counted, not averaged.
-    applied = metrics["skipped"] == 0
+    applied = functools.reduce(
+        jnp.logical_and, [metrics[name] == 0 for name in COUNTED_METRICS if name in metrics])
     totals = {
-        name: total + (metrics[name] if name == "skipped" else jnp.where(applied, metrics[name], 0))
+        name: total + (metrics[name] if name in COUNTED_METRICS
+                       else jnp.where(applied, metrics[name], 0))
         for name, total in totals.items()
         if name != "steps"
     } | {"steps": totals["steps"] + 1}
@@ -262,8 +269,9 @@ def run_epoch(
             None means zero totals, which is right only for ``start=0``.
 
     Returns:
-        ``(state, totals)``: the sums of each step metric over the applied steps, the count of
-        ``skipped`` steps and of all ``steps``, still on the device.
+        ``(state, totals)``: the sums of each step metric over the applied steps, the counts of
+        ``skipped`` steps (and ``overflow`` steps, with a loss scale) and of all ``steps``,
+        still on the device.
 
     Example:
         See :func:`compile_epoch_runner`.

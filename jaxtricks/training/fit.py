@@ -45,10 +45,13 @@ from jaxtricks.training.hooks import (
     mean_totals,
 )
 from jaxtricks.training.model import functional_model
+from jaxtricks.training.precision import LossScaleState, Precision, as_precision
 from jaxtricks.training.sharding import check_divisible, replicate, shard_dataset, shard_train_state
 from jaxtricks.training.state import TrainState, as_optimizer, create_train_state
 from jaxtricks.training.steps import (
+    BatchTransform,
     LossFn,
+    check_batch_transform,
     check_examples,
     check_labels,
     check_sharding_arguments,
@@ -84,6 +87,8 @@ def fit(
         shard_optimizer_state: bool = False,
         progress: bool = True,
         runner: str | None = None,
+        precision: Precision | str | None = None,
+        batch_transform: BatchTransform | None = None,
 ) -> tuple[TrainState, History]:
     """Trains ``model`` on ``(x, y)`` with ``optimizer`` for ``epochs`` epochs.
 
@@ -135,6 +140,17 @@ def fit(
         runner: ``"loop"``, ``"scan"`` or ``"auto"`` (time both, keep the faster); None takes
             the backend's choice (:func:`jaxtricks.backend.speed_paths`). All give
             bit-identical results.
+        precision: a mixed-precision policy (:mod:`~jaxtricks.training.precision`), a
+            ``Precision`` or ``"fp32"``, ``"bf16"``, ``"fp16"``: training and evaluation
+            compute in its compute dtype, parameters and optimizer state stay float32; with
+            ``"fp16"``'s loss scale, the steps whose scaled gradients overflowed are skipped
+            and counted per epoch as the metric ``overflow_steps`` (not in ``skipped_steps``).
+            None: nothing is cast.
+        batch_transform: ``batch_transform(key, (x, y)) -> (x, y)`` applied to each training
+            batch (e.g. :func:`~jaxtricks.tricks.soft_targets.mixup`, whose soft targets the
+            default loss and accuracy take), with a key of its own per step (see
+            :func:`~jaxtricks.training.steps.make_train_step`). Validation data is not
+            transformed.
 
     Returns:
         ``(state, history)``: the final :class:`~jaxtricks.training.state.TrainState` (with
@@ -166,6 +182,8 @@ def fit(
     check_sharding_arguments(mesh, shard_optimizer_state)
     if mesh is not None:
         check_divisible("batch_size", batch_size, mesh)
+    precision = as_precision(precision)
+    check_batch_transform(batch_transform)
     paths = speed_paths()
     runner = paths.runner if runner is None else runner
     if runner not in RUNNERS:
@@ -173,17 +191,25 @@ def fit(
     hooks = make_hooks(callbacks, progress)
     if initial_state is not None and not isinstance(initial_state, TrainState):
         raise ValueError(f"initial_state must be a TrainState, got {type(initial_state).__name__}")
+    scaled = precision is not None and precision.loss_scale is not None
+    if initial_state is not None and scaled != isinstance(initial_state.opt_state,
+                                                          LossScaleState):
+        raise ValueError(
+            f"initial_state: its opt_state {'lacks' if scaled else 'holds'} a loss scale, but "
+            f"precision {precision} {'scales' if scaled else 'does not scale'} the loss; "
+            "continue a run with the precision it was trained with"
+        )
 
     init_key, data_key = jax.random.split(jax.random.key(seed))
     data = shard_dataset((x, y), mesh) if mesh is not None else jax.device_put((x, y))
     if validation is not None:
         validation = replicate(validation, mesh) if mesh is not None else jax.device_put(validation)
     sample = jax.tree.map(lambda leaf: leaf[:1], data[0])
-    state = initial_state or _create_state(fm, tx, init_key, sample)
+    state = initial_state or _create_state(fm, tx, init_key, sample, precision)
     if mesh is not None:
         state = shard_train_state(state, mesh, shard_optimizer_state=shard_optimizer_state)
     labels = (("y", y), ("validation y", None if validation is None else validation[1]))
-    _check_model_outputs(fm, state, sample, objective, labels)
+    _check_model_outputs(fm, state, sample, objective, labels, precision)
     steps_per_epoch = num_examples // batch_size
     if int(state.step) % steps_per_epoch:
         raise ValueError(
@@ -194,8 +220,10 @@ def fit(
 
     train_step = make_train_step(fm, tx, loss_fn=loss_fn, metrics=metrics,
                                  skip_nonfinite=skip_nonfinite, mesh=mesh,
-                                 shard_optimizer_state=shard_optimizer_state)
-    eval_step = make_eval_step(fm, loss_fn=loss_fn, metrics=metrics, mesh=mesh)
+                                 shard_optimizer_state=shard_optimizer_state,
+                                 precision=precision, batch_transform=batch_transform)
+    eval_step = make_eval_step(fm, loss_fn=loss_fn, metrics=metrics, mesh=mesh,
+                               precision=precision)
     indices = epoch_indices(data_key, 1, num_examples, batch_size)
     if runner == "auto":
         epoch_runner, choice = choose_runner(train_step, state, data, indices)
@@ -222,6 +250,9 @@ def fit(
             "train_examples": num_examples,
             "validation_examples": 0 if validation is None else check_examples(("", validation)),
             "skip_nonfinite": skip_nonfinite,
+            "precision": None if precision is None else str(precision),
+            "batch_transform": None if batch_transform is None else getattr(
+                batch_transform, "__name__", repr(batch_transform)),
         },
         zero_totals=epoch_runner.zero_totals,
         hooks=hooks,
@@ -411,9 +442,9 @@ def make_hooks(callbacks: Any, progress: bool, *, health: bool = True) -> list[H
     return sorted(hooks, key=lambda hook: hook.order)
 
 
-def _create_state(fm, tx, key, sample) -> TrainState:
+def _create_state(fm, tx, key, sample, precision) -> TrainState:
     try:
-        return create_train_state(fm, tx, key, sample)
+        return create_train_state(fm, tx, key, sample, precision=precision)
     except Exception as err:
         raise ValueError(
             "model: fit initializes it on a batch of one example, then calls it as "
@@ -422,13 +453,18 @@ def _create_state(fm, tx, key, sample) -> TrainState:
         ) from err
 
 
-def _check_model_outputs(fm, state, sample, objective, labels) -> None:
+def _check_model_outputs(fm, state, sample, objective, labels, precision) -> None:
     """Calls the model once as training will (abstractly) so a model ``fit`` cannot use fails
     now, with a message saying how ``fit`` calls it; checks the labels for the default loss."""
+
+    def call(s, x):
+        params = s.params
+        if precision is not None:
+            params, x = precision.cast_to_compute((params, x))
+        return fm.apply(params, s.model_state, x, train=True, key=s.rng)
+
     try:
-        outputs, _ = jax.eval_shape(
-            lambda s, x: fm.apply(s.params, s.model_state, x, train=True, key=s.rng), state, sample
-        )
+        outputs, _ = jax.eval_shape(call, state, sample)
     except Exception as err:
         raise ValueError(
             f"model: fit calls it as {fm.call_description(True)}, which failed: "

@@ -107,7 +107,9 @@ class History:
             ``runner`` and ``runner_step_time_s`` (each runner's measured seconds per step
             when the runner was chosen by timing), ``compile_time_s`` (compiling the training
             step), ``skip_nonfinite``, ``data_parallel_devices``, ``shard_optimizer_state``,
-            ``loss`` and ``metrics`` (the names of the loss function and metrics), and what
+            ``loss`` and ``metrics`` (the names of the loss function and metrics),
+            ``precision`` (the mixed-precision policy, None without one), ``batch_transform``
+            (its name, None without one), and what
             hooks add (``early_stopping``: monitor, best_epoch, best_metric, stopped_epoch,
             restored_best).
         epochs: one :class:`EpochRecord` per epoch trained.

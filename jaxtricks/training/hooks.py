@@ -35,10 +35,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxtricks.files import write_json
+from jaxtricks.training.epochs import COUNTED_METRICS
 from jaxtricks.training.history import EpochRecord, History
+from jaxtricks.training.hyperparams import INJECTED_STATES
 from jaxtricks.training.model import FunctionalModel
 from jaxtricks.training.state import TrainState
 from jaxtricks.tricks.averaging import ParamAveraging
@@ -517,9 +518,9 @@ def learning_rate_of(opt_state: Any) -> float | None:
         >>> learning_rate_of(optax.adam(0.1).init({"w": jnp.zeros(2)})) is None
         True
     """
-    kinds = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
-    for node in jax.tree.leaves(opt_state, is_leaf=lambda node: isinstance(node, kinds)):
-        if isinstance(node, kinds) and "learning_rate" in node.hyperparams:
+    for node in jax.tree.leaves(opt_state,
+                                is_leaf=lambda node: isinstance(node, INJECTED_STATES)):
+        if isinstance(node, INJECTED_STATES) and "learning_rate" in node.hyperparams:
             value = node.hyperparams["learning_rate"]
             if jnp.ndim(value) == 0:
                 return float(value)
@@ -634,18 +635,23 @@ def mean_totals(totals: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any
 
     Each sum becomes its mean over the applied steps (NaN when every step was skipped). Sums
     of several values (an ensemble's K members) become their means' mean in ``metrics`` and
-    the K means in ``info``; ``skipped`` counts the skipped steps (of all members).
+    the K means in ``info``; ``skipped`` counts the skipped steps (of all members). Loss-scale
+    overflows, when counted, are the metric ``overflow_steps``.
 
     Example:
         >>> import numpy as np
         >>> mean_totals({"loss": np.float32(3.0), "skipped": np.int32(1), "steps": np.int32(4)})
         ({'loss': 1.0}, {}, 1)
+        >>> mean_totals({"loss": np.float32(3.0), "skipped": np.int32(0),
+        ...              "overflow": np.int32(1), "steps": np.int32(4)})[0]
+        {'loss': 1.0, 'overflow_steps': 1.0}
     """
     skipped = np.asarray(totals["skipped"])
-    applied = int(totals["steps"]) - skipped
+    overflow = np.asarray(totals.get("overflow", 0))
+    applied = int(totals["steps"]) - skipped - overflow
     record = EpochRecord(0, 0, {})
     # The loss first and the gradient norm last, whatever order the totals come back in.
-    names = sorted(set(totals) - {"skipped", "steps"},
+    names = sorted(set(totals) - {*COUNTED_METRICS, "steps"},
                    key=lambda name: (name != "loss", name == "grad_norm"))
     for name in names:
         value = totals[name]
@@ -653,4 +659,6 @@ def mean_totals(totals: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any
             mean = np.where(applied > 0, np.asarray(value, np.float64) / np.maximum(applied, 1),
                             np.nan)
         record.add({name: mean.tolist()})
+    if "overflow" in totals:
+        record.metrics["overflow_steps"] = float(overflow.sum())
     return record.metrics, record.info, int(skipped.sum())

@@ -15,9 +15,20 @@ updates, θ', o' or m' — keeps θ_t, o_t and m_t bit for bit and counts as ski
 batch (or one extreme but finite value that overflows later in the step) cannot poison the
 run; t advances either way.
 
-The default loss is the softmax cross-entropy of the outputs (logits) against integer labels,
-with the accuracy ``[argmax_c f(x)_c = y]`` as its metric. Evaluation sums over a batch with a
-0/1 mask m (padding rows get m_i = 0):
+A batch transform (e.g. :func:`~jaxtricks.tricks.soft_targets.mixup`) replaces the batch by
+``batch_transform(b_t, (x, y))`` first, with b_t = fold_in(k_t, 1): its randomness is a stream
+of its own, and the dropout keys are those of a run without it. A precision policy
+(:mod:`~jaxtricks.training.precision`) runs f on the parameters and inputs cast to its compute
+dtype and casts the outputs to its output dtype before the loss; θ and o stay in its param
+dtype. With its dynamic loss scale s (float16), the gradient is (1/s) ∇_θ (s L); a step whose
+loss is finite but whose gradient is not is an **overflow**: it keeps θ_t, o_t and m_t, halves
+s and is counted as ``overflow``, not as ``skipped`` (which stays the count of steps skipped
+for a non-finite loss or state).
+
+The default loss is the softmax cross-entropy of the outputs (logits) against integer labels or
+soft targets (a distribution over the classes per example), with the accuracy
+``[argmax_c f(x)_c = y]`` (y the argmax of soft targets) as its metric. Evaluation sums over a
+batch with a 0/1 mask m (padding rows get m_i = 0):
 
     Σ_i m_i loss_i,   Σ_i m_i metric_i,   Σ_i m_i,
 
@@ -39,6 +50,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtricks.backend import speed_paths
 from jaxtricks.training.caching import shared
 from jaxtricks.training.model import FunctionalModel, functional_model
+from jaxtricks.training.precision import LossScaleState, Precision, as_precision
 from jaxtricks.training.sharding import (
     batch_sharding,
     check_divisible,
@@ -64,33 +76,53 @@ __all__ = [
 Batch = tuple[Any, Any]
 Metrics = dict[str, jax.Array]
 LossFn = Callable[[Any, Any], jax.Array]
+BatchTransform = Callable[[jax.Array, Batch], Batch]
 
 # Names a step reports besides the user's metrics, which therefore cannot be metric names.
-RESERVED_METRICS = ("loss", "grad_norm", "skipped", "steps", "count")
+RESERVED_METRICS = ("loss", "grad_norm", "skipped", "overflow", "loss_scale", "steps", "count")
+
+
+def _soft(outputs: jax.Array, labels: jax.Array) -> bool:
+    """Whether ``labels`` are soft targets (one distribution per example, the outputs' shape)
+    rather than integer labels (one index per example)."""
+    return jnp.ndim(labels) == jnp.ndim(outputs)
 
 
 def softmax_cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example softmax cross-entropy of logits ``(B, C)`` against integer labels ``(B,)``.
+    """Per-example softmax cross-entropy of logits ``(B, C)`` against integer labels ``(B,)``
+    or soft targets ``(B, C)``.
 
-    Math: ``ℓ_i = −log softmax(z_i)[y_i]``, computed in float32 so that a model computing in
-    bfloat16 still gets an accurate log-softmax.
+    Math: ``ℓ_i = −log softmax(z_i)[y_i]`` for a label, ``ℓ_i = −Σ_c p_ic log softmax(z_i)_c``
+    for soft targets p (``optax.losses.softmax_cross_entropy``, as mixup or label smoothing
+    make them), computed in float32 so that a model computing in bfloat16 or float16 still gets
+    an accurate log-softmax.
 
     Example:
         >>> import jax.numpy as jnp
         >>> softmax_cross_entropy(jnp.array([[0.0, 0.0]]), jnp.array([1])).round(4)
         Array([0.6931], dtype=float32)
+        >>> softmax_cross_entropy(jnp.array([[0.0, 0.0]]), jnp.array([[0.5, 0.5]])).round(4)
+        Array([0.6931], dtype=float32)
     """
-    return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), labels)
+    logits = outputs.astype(jnp.float32)
+    if _soft(outputs, labels):
+        return optax.losses.softmax_cross_entropy(logits, labels.astype(jnp.float32))
+    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def accuracy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
-    """Per-example 0/1 accuracy ``[argmax_c z_c = y]`` as float32, for logits and integer labels.
+    """Per-example 0/1 accuracy ``[argmax_c z_c = y]`` as float32, for logits and integer labels
+    ``(B,)`` or soft targets ``(B, C)`` (y their argmax).
 
     Example:
         >>> import jax.numpy as jnp
         >>> accuracy(jnp.array([[0.1, 0.9], [0.8, 0.2]]), jnp.array([1, 1]))
         Array([1., 0.], dtype=float32)
+        >>> accuracy(jnp.array([[0.1, 0.9]]), jnp.array([[0.3, 0.7]]))
+        Array([1.], dtype=float32)
     """
+    if _soft(outputs, labels):
+        labels = jnp.argmax(labels, axis=-1)
     return (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
 
 
@@ -228,6 +260,8 @@ def make_train_step(
         mesh: Mesh | None = None,
         shard_optimizer_state: bool = False,
         donate: bool | None = None,
+        precision: Precision | str | None = None,
+        batch_transform: BatchTransform | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the compiled training step ``train_step(state, (x, y)) -> (state, metrics)``.
 
@@ -253,13 +287,26 @@ def make_train_step(
         donate: whether the step donates ``state`` (its buffers are reused for the result and
             must not be read again); None takes the backend's choice
             (:func:`jaxtricks.backend.speed_paths`).
+        precision: a mixed-precision policy (:mod:`~jaxtricks.training.precision`): a
+            ``Precision`` or one of ``"fp32"``, ``"bf16"``, ``"fp16"``. The model runs on the
+            parameters and floating inputs cast to its compute dtype (a jaxtricks model, whose
+            ``dtype`` is None, computes in it; batch norm stays float32), the outputs are cast
+            to its output dtype, and the parameters and optimizer state stay in its param
+            dtype. With a loss scale, ``state`` must come from ``create_train_state`` with the
+            same policy. None: nothing is cast.
+        batch_transform: ``batch_transform(key, (x, y)) -> (x, y)`` applied to every training
+            batch before the model, e.g. :func:`~jaxtricks.tricks.soft_targets.mixup`; its key
+            at step t is ``fold_in(fold_in(r, t), 1)``, apart from the dropout key
+            ``fold_in(r, t)``. None: the batch as it is.
 
     Returns:
         A ``jax.jit``-compiled pure function of ``state`` and ``batch = (x, y)`` (pytrees of
         arrays with a leading batch axis). ``metrics`` holds device scalars: ``loss`` (the
         batch mean), each metric's batch mean, ``grad_norm`` (global L2 norm of the
-        gradients) and ``skipped`` (int32, 0 or 1). Equal arguments give the same function, so
-        its compilations are reused.
+        gradients) and ``skipped`` (int32, 0 or 1); with a loss scale also ``overflow``
+        (int32, 0 or 1: the scaled gradients overflowed, the step was not applied and the
+        scale halved; such a step has ``skipped = 0``) and ``loss_scale`` (the scale the step
+        used). Equal arguments give the same function, so its compilations are reused.
 
     Example:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
@@ -284,10 +331,21 @@ def make_train_step(
         donate = speed_paths().donate_state
     elif not isinstance(donate, bool):
         raise ValueError(f"donate must be a bool or None, got {donate!r}")
+    precision = as_precision(precision)
+    check_batch_transform(batch_transform)
     return shared(
         _build_train_step, fm, optimizer, objective, skip_nonfinite, mesh,
-        shard_optimizer_state, donate, speed_paths(),
+        shard_optimizer_state, donate, speed_paths(), precision, batch_transform,
     )
+
+
+def check_batch_transform(batch_transform: Any) -> None:
+    """Raises ``ValueError`` unless ``batch_transform`` is None or a function."""
+    if batch_transform is not None and not callable(batch_transform):
+        raise ValueError(
+            f"batch_transform must be a function (key, (x, y)) -> (x, y) or None, got "
+            f"{batch_transform!r}"
+        )
 
 
 def check_sharding_arguments(mesh: Any, shard_optimizer_state: Any) -> None:
@@ -301,9 +359,22 @@ def check_sharding_arguments(mesh: Any, shard_optimizer_state: Any) -> None:
         raise ValueError("shard_optimizer_state=True needs a mesh to shard over, got mesh=None")
 
 
+def _identity(tree: Any) -> Any:
+    return tree
+
+
+def _casts(precision: Precision | None) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """The casts to the compute dtype and to the output dtype (identities without a policy)."""
+    if precision is None:
+        return _identity, _identity
+    return precision.cast_to_compute, precision.cast_to_output
+
+
 def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite, mesh,
-                      shard_optimizer_state, donate, paths):
+                      shard_optimizer_state, donate, paths, precision, batch_transform):
     del paths  # part of the cache key: the model's batch norm reads them when traced
+    to_compute, to_output = _casts(precision)
+    scaled = precision is not None and precision.loss_scale is not None
 
     def constrain_state(state: TrainState) -> TrainState:
         # On both ends of the step: the output then keeps the input's layout (so donation reuses
@@ -319,31 +390,63 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
         x, y = _constrain(batch, mesh)
         size = _batch_size(x)
         key = jax.random.fold_in(state.rng, state.step)
+        if batch_transform is not None:
+            x, y = batch_transform(jax.random.fold_in(key, 1), (x, y))
+        x = to_compute(x)
+        opt_state = state.opt_state
+        if scaled:
+            if not isinstance(opt_state, LossScaleState):
+                raise ValueError(
+                    f"state: precision {precision} scales the loss, so its opt_state must be a "
+                    "LossScaleState; create the state with create_train_state(..., "
+                    "precision=...) and the same policy"
+                )
+            loss_scale, opt_state = opt_state
 
         def objective_of(params):
-            outputs, model_state = fm.apply(params, state.model_state, x, train=True, key=key)
+            outputs, model_state = fm.apply(to_compute(params), state.model_state, x,
+                                            train=True, key=key)
+            outputs = to_output(outputs)
             losses = _per_example("loss_fn", objective.loss_fn(outputs, y), size)
             return jnp.mean(losses), (outputs, model_state)
 
-        (loss, (outputs, model_state)), grads = jax.value_and_grad(objective_of, has_aux=True)(
-            state.params
-        )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if scaled:
+            new_scale, grads_finite, (loss, (outputs, model_state)), grads = (
+                loss_scale.value_and_grad(objective_of, has_aux=True)(state.params)
+            )
+            # Loss finite, gradient not: the scaled float16 backward pass overflowed.
+            overflow = jnp.isfinite(loss) & jnp.logical_not(grads_finite)
+        else:
+            (loss, (outputs, model_state)), grads = jax.value_and_grad(
+                objective_of, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if scaled:
+            opt_state = LossScaleState(new_scale, opt_state)
         new = TrainState(optax.safe_increment(state.step), params, model_state, opt_state,
                          state.rng)
-        if skip_nonfinite:
-            finite = (jnp.isfinite(loss) & _inexact_finite((grads, updates))
-                      & _inexact_finite(new, state))
+        if skip_nonfinite or scaled:
+            if skip_nonfinite:
+                applied = (jnp.isfinite(loss) & _inexact_finite((grads, updates))
+                           & _inexact_finite(new, state))
+            else:
+                applied = jnp.logical_not(overflow)
             # A select, not lax.cond: XLA's GPU backend may run a conditional by copying its
             # predicate to the host, a sync per step; the select fuses into the update instead.
             kept = jax.tree.map(
-                functools.partial(_select, finite),
+                functools.partial(_select, applied),
                 (new.params, new.model_state, new.opt_state),
                 (state.params, state.model_state, state.opt_state),
             )
             new = new._replace(params=kept[0], model_state=kept[1], opt_state=kept[2])
-            skipped = jnp.logical_not(finite).astype(jnp.int32)
+            skipped = jnp.logical_not(applied)
+            if scaled:
+                # An overflow is skipped too, but keeps its lowered scale: that is how loss
+                # scaling finds a scale that fits. It is counted apart from poisoned steps.
+                new = new._replace(opt_state=new.opt_state._replace(loss_scale=jax.tree.map(
+                    functools.partial(_select, overflow), new_scale, new.opt_state.loss_scale)))
+                skipped = skipped & jnp.logical_not(overflow)
+            skipped = skipped.astype(jnp.int32)
         else:
             skipped = jnp.zeros((), jnp.int32)
         values = {"loss": loss.astype(jnp.float32)}
@@ -352,6 +455,9 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
             values[name] = values[name].astype(jnp.float32)
         values["grad_norm"] = global_norm(grads, at_least_float32=True).astype(jnp.float32)
         values["skipped"] = skipped
+        if scaled:
+            values["overflow"] = overflow.astype(jnp.int32)
+            values["loss_scale"] = loss_scale.scale.astype(jnp.float32)
         return constrain_state(new), values
 
     return jax.jit(train_step, donate_argnums=0 if donate else ())
@@ -363,6 +469,7 @@ def make_eval_step(
         loss_fn: LossFn | None = None,
         metrics: Mapping[str, LossFn] | None = None,
         mesh: Mesh | None = None,
+        precision: Precision | str | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], Metrics]:
     """Builds the compiled evaluation step ``eval_step(state, (x, y), mask) -> sums``.
 
@@ -375,6 +482,8 @@ def make_eval_step(
         metrics: as for :func:`make_train_step`.
         mesh: a 1-D mesh to split each batch over (its size must divide by the number of
             devices); None: no sharding.
+        precision: as for :func:`make_train_step`: the model computes in the policy's compute
+            dtype, the loss and metrics see outputs in its output dtype.
 
     Returns:
         A ``jax.jit``-compiled function of ``state``, ``batch = (x, y)`` and a boolean
@@ -397,16 +506,19 @@ def make_eval_step(
     objective = make_objective(loss_fn, metrics)
     if mesh is not None:
         check_mesh(mesh)
-    return shared(_build_eval_step, fm, objective, mesh, speed_paths())
+    return shared(_build_eval_step, fm, objective, mesh, speed_paths(), as_precision(precision))
 
 
-def _build_eval_step(fm: FunctionalModel, objective, mesh, paths):
+def _build_eval_step(fm: FunctionalModel, objective, mesh, paths, precision):
     del paths
+    to_compute, to_output = _casts(precision)
 
     def eval_step(state: TrainState, batch: Batch, mask: jax.Array) -> Metrics:
         (x, y), mask = _constrain((batch, mask), mesh)
         size = _batch_size(x)
-        outputs, _ = fm.apply(state.params, state.model_state, x, train=False, key=None)
+        outputs, _ = fm.apply(to_compute(state.params), state.model_state, to_compute(x),
+                              train=False, key=None)
+        outputs = to_output(outputs)
 
         def masked_sum(name, values):
             values = _per_example(name, values, size).astype(jnp.float32)
@@ -416,7 +528,7 @@ def _build_eval_step(fm: FunctionalModel, objective, mesh, paths):
         for name, fn in objective.metrics:
             sums[name] = masked_sum(f"metrics[{name!r}]", fn(outputs, y))
         sums["count"] = jnp.sum(mask, dtype=jnp.int32)
-        if objective.integer_labels:
+        if objective.integer_labels and not _soft(outputs, y):
             # A label the outputs cannot index has no loss: counted, so evaluate can say so.
             outside = (y < 0) | (y >= outputs.shape[-1])
             sums["out_of_range"] = jnp.sum(outside & mask, dtype=jnp.int32)

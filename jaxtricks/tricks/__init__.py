@@ -1,4 +1,5 @@
-"""Layer 1, pure JAX: initializers, gradient transformations, optimizers, schedules, scaling."""
+"""Layer 1, pure JAX: initializers, gradient transformations, optimizers, schedules, scaling,
+soft targets."""
 
 from jaxtricks.tricks import flat, initializers, optimizers, preprocessing, schedules
 from jaxtricks.tricks.adaptive import (
@@ -102,6 +103,7 @@ from jaxtricks.tricks.schedules import (
     warmup_cosine,
     warmup_cosine_decay_schedule,
 )
+from jaxtricks.tricks.soft_targets import mixup, smoothed_cross_entropy
 from jaxtricks.tricks.tree import all_finite, global_norm
 from jaxtricks.tricks.velocity import (
     TraceWithCountState,
@@ -182,6 +184,7 @@ __all__ = [
     "kaiming_uniform",
     "lecun_normal",
     "lecun_uniform",
+    "mixup",
     "momentum",
     "nesterov",
     "normal",
@@ -212,6 +215,7 @@ __all__ = [
     "schedules",
     "sgd",
     "skip_nonfinite",
+    "smoothed_cross_entropy",
     "standardize",
     "step_decay",
     "swa_params",

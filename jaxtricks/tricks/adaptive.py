@@ -36,14 +36,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import (
+from jaxtricks.tricks.base import canonical_dtype, zero_count, zeros_like_tree
+from jaxtricks.tricks.checks import (
     check_nonnegative,
     check_positive,
     check_range,
     is_schedule,
     resolve,
 )
-from jaxtricks.tricks.base import canonical_dtype, zero_count, zeros_like_tree
 from jaxtricks.tricks.tree import (
     abs_sq,
     check_inexact_leaves,

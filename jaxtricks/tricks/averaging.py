@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import check_int, check_range, resolve
+from jaxtricks.tricks.checks import check_int, check_range, resolve
 from jaxtricks.tricks.tree import check_inexact_leaves, check_same_structure
 
 

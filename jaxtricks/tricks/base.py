@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import is_schedule, resolve
+from jaxtricks.tricks.checks import is_schedule, resolve
 from jaxtricks.tricks.tree import check_inexact_leaves
 
 

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import check_positive
 from jaxtricks.tricks.base import stateless_unless_scheduled
+from jaxtricks.tricks.checks import check_positive
 from jaxtricks.tricks.tree import global_norm, like, wider_dtype
 
 

@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import check_positive
-from jaxtricks.tricks.tree import _accumulation_dtype, _squared_norm, check_same_structure
+from jaxtricks.tricks.checks import check_positive
+from jaxtricks.tricks.tree import accumulation_dtype, check_same_structure, squared_norm
 
 __all__ = [
     "HEALTH_FIELDS",
@@ -107,8 +107,8 @@ def _squared_norms(tree: Any) -> list[jax.Array]:
     """``‖x_i‖²`` of every leaf, summed in float32 (float64 for float64 leaves)."""
     squares = []
     for leaf in jax.tree.leaves(tree):
-        wide = _accumulation_dtype(leaf.dtype)
-        squares.append(_squared_norm(leaf, wide).astype(jnp.float32))
+        wide = accumulation_dtype(leaf.dtype)
+        squares.append(squared_norm(leaf, wide).astype(jnp.float32))
     return squares
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtricks.tricks._checks import check_choice, check_int, check_nonnegative, check_range
+from jaxtricks.tricks.checks import check_choice, check_int, check_nonnegative, check_range
 from jaxtricks.tricks.tree import check_same_structure
 
 MODES = ("min", "max")
@@ -57,7 +57,7 @@ class EarlyStopping(NamedTuple):
     update: Callable[..., EarlyStoppingState]  # (state, metric, params=None, batch_stats=None)
 
 
-def _improves(metric: jax.Array, reference: jax.Array, min_delta: Any, mode: str) -> jax.Array:
+def improves(metric: jax.Array, reference: jax.Array, min_delta: Any, mode: str) -> jax.Array:
     """Whether ``metric`` beats ``reference`` by more than ``min_delta`` in direction ``mode``.
 
     Math: ``s·metric < s·reference − δ`` with s = +1 for ``"min"``, −1 for ``"max"``.
@@ -66,7 +66,7 @@ def _improves(metric: jax.Array, reference: jax.Array, min_delta: Any, mode: str
     return sign * metric < sign * reference - min_delta
 
 
-def _as_metric(metric: Any) -> jax.Array:
+def as_metric(metric: Any) -> jax.Array:
     """``metric`` as a float32 scalar; ``ValueError`` for anything with a shape."""
     if np.shape(metric) != ():
         raise ValueError(f"metric must be a scalar, got shape {np.shape(metric)}")
@@ -136,7 +136,7 @@ def early_stopping(
         )
 
     def update_fn(state, metric, params=None, batch_stats=None):
-        metric = _as_metric(metric)
+        metric = as_metric(metric)
         delta = jnp.asarray(min_delta).astype(jnp.float32)
         if restore_best:
             check_same_structure("params", params, "the params given to init", state.best_params)
@@ -146,11 +146,11 @@ def early_stopping(
         active = jnp.logical_not(state.should_stop)
         epoch = optax.safe_increment(state.epoch)
         monitored = active & (epoch > start_from_epoch)
-        improved = monitored & _improves(metric, state.best_metric, delta, mode)
+        improved = monitored & improves(metric, state.best_metric, delta, mode)
         restart = improved
         if baseline is not None:
             floor = jnp.asarray(baseline).astype(jnp.float32)
-            restart = improved & _improves(metric, floor, delta, mode)
+            restart = improved & improves(metric, floor, delta, mode)
         wait = jnp.where(restart, 0, optax.safe_increment(state.epochs_without_improvement))
         wait = jnp.where(monitored, wait, state.epochs_without_improvement)
 

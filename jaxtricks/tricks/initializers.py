@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
-from jaxtricks.tricks._checks import check_choice, check_positive, check_range
+from jaxtricks.tricks.checks import check_choice, check_positive, check_range
 
 __all__ = [
     "NAMES",

@@ -8,8 +8,8 @@ Math: ``u_t = −η_t g_t``, so that ``optax.apply_updates`` performs ``w_t = w_
 import jax
 import optax
 
-from jaxtricks.tricks._checks import check_nonnegative
 from jaxtricks.tricks.base import stateless_unless_scheduled
+from jaxtricks.tricks.checks import check_nonnegative
 from jaxtricks.tricks.tree import check_inexact_leaves, check_same_structure, like
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtricks.tricks._checks import check_int
+from jaxtricks.tricks.checks import check_int
 from jaxtricks.tricks.tree import all_finite
 
 _NEVER = int(np.iinfo(np.int32).max)

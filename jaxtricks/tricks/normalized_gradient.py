@@ -18,8 +18,8 @@ from typing import Any
 import jax
 import optax
 
-from jaxtricks.tricks._checks import check_positive, check_range
 from jaxtricks.tricks.base import stateless_unless_scheduled
+from jaxtricks.tricks.checks import check_positive, check_range
 from jaxtricks.tricks.tree import global_norm, like, wider_dtype
 
 

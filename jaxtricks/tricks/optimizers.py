@@ -28,8 +28,8 @@ from typing import Any
 
 import optax
 
-from jaxtricks.tricks._checks import check_choice, check_range
 from jaxtricks.tricks.adaptive import scale_by_adam, scale_by_rms, scale_by_rss, scale_by_stddev
+from jaxtricks.tricks.checks import check_choice, check_range
 from jaxtricks.tricks.learning_rate import scale_by_learning_rate
 from jaxtricks.tricks.normalized_gradient import normalize_by_update_norm
 from jaxtricks.tricks.velocity import scale_by_velocity, trace

@@ -35,14 +35,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxtricks.tricks._checks import (
+from jaxtricks.tricks.checks import (
     check_choice,
     check_count,
     check_int,
     check_nonnegative,
     check_range,
 )
-from jaxtricks.tricks.early_stopping import MODES, _as_metric, _improves
+from jaxtricks.tricks.early_stopping import MODES, as_metric, improves
 from jaxtricks.tricks.tree import like
 
 
@@ -115,9 +115,9 @@ def epoch_plateau(
         )
 
     def update_fn(state, metric):
-        metric = _as_metric(metric)
+        metric = as_metric(metric)
         delta = jnp.asarray(min_delta).astype(jnp.float32)
-        improved = _improves(metric, state.best_metric, delta, mode)
+        improved = improves(metric, state.best_metric, delta, mode)
         in_cooldown = state.cooldown_left > 0
         wait = jnp.where(
             improved | in_cooldown, 0, optax.safe_increment(state.epochs_without_improvement)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxtricks.tricks._checks import check_positive
+from jaxtricks.tricks.checks import check_positive
 
 
 class MinMaxStats(NamedTuple):

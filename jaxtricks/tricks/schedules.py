@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxtricks.tricks._checks import (
+from jaxtricks.tricks.checks import (
     check_callable,
     check_int,
     check_nonnegative,

@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from jaxtricks.tricks._checks import check_nonnegative, check_range, is_schedule, resolve
 from jaxtricks.tricks.base import canonical_dtype, zero_count, zeros_like_tree
+from jaxtricks.tricks.checks import check_nonnegative, check_range, is_schedule, resolve
 from jaxtricks.tricks.tree import check_inexact_leaves, check_same_structure, like
 
 

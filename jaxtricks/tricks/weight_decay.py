@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from jaxtricks.tricks._checks import check_nonnegative
 from jaxtricks.tricks.base import stateless_unless_scheduled
+from jaxtricks.tricks.checks import check_nonnegative
 from jaxtricks.tricks.tree import check_same_structure, like
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from jaxtricks.cli import experiment, experiments
 from jaxtricks.cli.experiments import common
+from jaxtricks.cli.experiments.provenance import code_fingerprint
 from jaxtricks.cli.main import main
 from jaxtricks.data import DatasetNotFoundError, load, splits
 
@@ -99,7 +100,9 @@ def _fake_experiment(calls):
         common.plot_curves(ax, results["summary"], "acc")
         return common.save_figure(fig, path)
 
-    return types.SimpleNamespace(NAME="fake", CLAIM="L0: a claim", FULL={"seeds": 3, "n": 10},
+    # A real experiment is a module; its name is what provenance fingerprints.
+    return types.SimpleNamespace(__name__="jaxtricks.cli.experiments.common", NAME="fake",
+                                 CLAIM="L0: a claim", FULL={"seeds": 3, "n": 10},
                                  QUICK={"seeds": 1, "n": 2}, run=run, plot=plot)
 
 
@@ -117,6 +120,9 @@ def test_run_experiment_records_config_seeds_times_and_machine(tmp_path):
     assert saved["wall_time_s"] > 0 and saved["cpu_time_s"] >= 0
     assert saved["machine"]["cpu_count"] >= 1 and saved["machine"]["jax"]
     assert saved["command"] == "cmd" and results["headline"] == ["c: fine"]
+    assert saved["provenance"]["module"] == "jaxtricks.cli.experiments.common"
+    assert saved["provenance"]["code_fingerprint"] == code_fingerprint(
+        "jaxtricks.cli.experiments.common")
     assert lines[0] == "ran" and "fake:" in lines[1] and lines[-1] == "  c: fine"
     common.run_experiment(module, out_dir=tmp_path / "full", log=lines.append)
     assert calls[-1] == ({"seeds": 3, "n": 10}, [0, 1, 2])
@@ -176,10 +182,12 @@ def test_a_missing_dataset_exits_with_a_message(tmp_path, monkeypatch, capsys):
 
 def test_get_names_every_experiment_and_refuses_others():
     assert set(experiments.NAMES) == {"scaling", "initialization", "batch_norm", "dropout",
-                                      "overfitting", "optimizers", "clipping", "lr_decay"}
+                                      "overfitting", "optimizers", "clipping", "lr_decay",
+                                      "lr_find", "precision"}
     for name in experiments.NAMES:
         module = experiments.get(name)
-        assert module.NAME == name and module.CLAIM.startswith("L")
+        # A lesson point (L1-L7), or a trick the lesson does not cover.
+        assert module.NAME == name and module.CLAIM.startswith(("L", "beyond the lesson: "))
         assert module.QUICK["seeds"] >= 1 and module.FULL["seeds"] >= 2
         assert "Full config" in module.__doc__ and "Quick config" in module.__doc__
     with pytest.raises(ValueError, match="experiment name must be one of"):
@@ -224,6 +232,8 @@ def _check_common_structure(name, saved, out):
                 assert all(0.0 <= v <= 1.0 for v in curve), key
     for condition, s in saved["summary"].items():
         assert s["seeds"] == saved["seeds"], condition
+        if name == "lr_find":  # measures learning rates, trains to no accuracy
+            continue
         accuracy = s["final"]["test_accuracy"]
         assert 0.0 <= accuracy["mean"] <= 1.0 and accuracy["std"] >= 0.0
         assert accuracy["n"] == len(saved["seeds"])
@@ -304,6 +314,56 @@ def _check_lr_decay(saved, conditions):
     assert rates["cosine"][-1] < rates["cosine"][0]
 
 
+def _check_lr_find(saved, conditions):
+    config = saved["config"]
+    module = experiments.get("lr_find")
+    assert conditions == [*config["optimizers"], module.MAIN_JOB]
+    grid = experiments.get("optimizers").FULL["learning_rates"]
+    for run in saved["runs"]:
+        curves, final = run["range_test"], run["final"]
+        steps = len(curves["learning_rates"])
+        assert final["steps"] == steps <= config["num_steps"]
+        assert len(curves["losses"]) == len(curves["smoothed_losses"]) == steps
+        assert curves["learning_rates"][0] == pytest.approx(config["min_lr"])
+        assert all(b > a for a, b in itertools.pairwise(curves["learning_rates"]))
+        assert final["diverged"] == int(curves["stop_reason"] != "completed")
+        reference = (config["main_job_learning_rate"] if run["condition"] == module.MAIN_JOB
+                     else grid[run["condition"]])
+        assert final["reference_lr"] == pytest.approx(reference)
+        for name in module.SUGGESTIONS:
+            value, ratio = final[f"suggestion_{name}"], final[f"ratio_{name}"]
+            if value is None:
+                continue
+            assert ratio == pytest.approx(value / reference)
+            assert final[f"within_3x_{name}"] == int(1 / 3 <= ratio <= 3)
+            assert config["min_lr"] / 10 <= value <= curves["learning_rates"][-1]
+    assert list(saved["grids"]) == config["optimizers"]
+    for grid in saved["grids"].values():
+        low, middle, high = grid["grid"]
+        assert low * 3 == pytest.approx(middle) and middle * 3 == pytest.approx(high)
+        matches = [rate == pytest.approx(grid["chosen"]) for rate in grid["grid"]]
+        assert sum(matches) == 1 and grid["at_edge"] == (not matches[1])
+
+
+def _check_precision(saved, conditions):
+    assert conditions == saved["config"]["precisions"] == ["fp32", "bf16", "fp16"]
+    memory = saved["memory"]
+    assert memory["fp32"]["param_bytes"] == memory["bf16"]["param_bytes"] == (
+        memory["fp16"]["param_bytes"])
+    for name in ("bf16", "fp16"):
+        # Half-precision copies of the parameters; float32 batch norm keeps some activations
+        # in float32, so they shrink, but by less than half.
+        assert 2 * memory[name]["compute_param_bytes"] == memory["fp32"]["param_bytes"]
+        assert memory[name]["activation_bytes"] < memory["fp32"]["activation_bytes"]
+        assert memory[name]["activation_bytes_by_dtype"][
+            {"bf16": "bfloat16", "fp16": "float16"}[name]] > 0
+    assert set(memory["fp32"]["activation_bytes_by_dtype"]) <= {"float32", "bool", "int32"}
+    for run in saved["runs"]:
+        assert run["final"]["skipped_steps"] == 0
+        assert (run["final"]["final_loss_scale"] is None) == (run["condition"] != "fp16")
+        assert run["final"]["test_accuracy"] > 0.5
+
+
 CHECKS = {
     "scaling": _check_scaling,
     "initialization": _check_initialization,
@@ -313,6 +373,10 @@ CHECKS = {
     "optimizers": _check_optimizers,
     "clipping": _check_clipping,
     "lr_decay": _check_lr_decay,
+    "lr_find": _check_lr_find,
+
+
+    "precision": _check_precision,
 }
 
 

@@ -154,6 +154,8 @@ def test_same_seed_same_metrics_other_seed_other_metrics(fake_mnist, tmp_path):
         ["--model", "mlp", "--devices", "all", "--shard-optimizer-state"],
         ["--validation-examples", "0", "--monitor", "loss", "--early-stopping", "1"],
         ["--dataset", "mnist", "--runner", "scan", "--epochs", "1"],
+        ["--precision", "bf16", "--mixup", "0.2"],
+        ["--model", "cnn", "--precision", "fp16", "--label-smoothing", "0.1"],
     ],
 )
 def test_every_switch_trains(fake_mnist, tmp_path, extra):
@@ -246,6 +248,27 @@ def test_resume_without_flags_continues_the_run_with_its_saved_flags(fake_mnist,
     assert without_timings(resumed) == without_timings(reference)
     assert resumed.header["arguments"]["learning_rate"] == 0.01
     assert manager.steps() == [2, 4, 6]
+
+
+@pytest.mark.slow
+def test_a_float16_mixup_run_resumes_bit_identically(fake_mnist, tmp_path, capsys):
+    # The loss scale is in the checkpointed optimizer state; mixup's key comes from the step.
+    run_flags = ("--train-examples", "64", "--precision", "fp16", "--mixup", "0.3",
+                 "--label-smoothing", "0.1", "--checkpoint-every-epochs", "1", "--no-plot")
+    reference = _train(fake_mnist, tmp_path / "reference", *run_flags, epochs=3)
+    interrupted = tmp_path / "interrupted"
+    _train(fake_mnist, interrupted, *run_flags, epochs=3)
+    CheckpointManager(interrupted / "checkpoints").delete(6)
+    capsys.readouterr()
+    assert main(["train", "--data-dir", str(fake_mnist), "--out", str(interrupted), "--resume",
+                 "--no-progress", "--no-plot"]) == 0
+    resumed = History.from_json((interrupted / "metrics.json").read_text())
+    assert without_timings(resumed) == without_timings(reference)
+    header = reference.header
+    assert header["precision"] == "params=float32,compute=float16,output=float32,loss_scale=dynamic"
+    assert header["batch_transform"] == "mixup(alpha=0.3, num_classes=10)"
+    assert header["loss"] == "smoothed_cross_entropy(alpha=0.1)"
+    assert all(np.isfinite(reference["loss_scale"]))
 
 
 @pytest.mark.slow
@@ -420,6 +443,11 @@ BAD_INVOCATIONS = {
     "checkpoint-every-epochs-negative": (["--checkpoint-every-epochs", "-1"],
                                          "--checkpoint-every-epochs", None),
     "keep-checkpoints-0": (["--keep-checkpoints", "0"], "--keep-checkpoints", None),
+    "precision-unknown": (["--precision", "fp8"], "--precision", None),
+    "label-smoothing-above-1": (["--label-smoothing", "1.5"], "--label-smoothing", None),
+    "label-smoothing-nan": (["--label-smoothing", "nan"], "--label-smoothing", None),
+    "mixup-0": (["--mixup", "0"], "--mixup", None),
+    "mixup-inf": (["--mixup", "inf"], "--mixup", None),
     "unknown-flag": (["--fast"], "--fast", None),
     "out-is-a-file": ([], "--out", _out_is_a_file),
     "out-not-writable": ([], "--out", _out_is_not_writable),

@@ -1,4 +1,4 @@
-"""The behaviour every model shares (jaxtricks/models/_blocks.py), checked on MLP, CNN and ResNet.
+"""The behaviour every model shares (jaxtricks/models/blocks.py), checked on MLP, CNN and ResNet.
 
 Batch norm placement and bias, train/eval modes, dropout, initializers, activations, dtypes,
 validation and gradients. Architecture-specific checks live in each model's own test module.

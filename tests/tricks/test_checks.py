@@ -1,4 +1,4 @@
-"""Tests for jaxtricks.tricks._checks, and the validation every public factory performs."""
+"""Tests for jaxtricks.tricks.checks, and the validation every public factory performs."""
 
 import math
 
@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtricks.tricks import _checks, adaptive, clipping, optimizers, velocity
+from jaxtricks.tricks import adaptive, checks, clipping, optimizers, velocity
 from jaxtricks.tricks import learning_rate as lr_module
 from jaxtricks.tricks import normalized_gradient as ng
 from jaxtricks.tricks import weight_decay as wd
@@ -28,31 +28,31 @@ from jaxtricks.tricks import weight_decay as wd
 )
 def test_check_range_ends(kwargs, good, bad):
     for value in good:
-        assert _checks.check_range("x", value, **kwargs) == value
+        assert checks.check_range("x", value, **kwargs) == value
     for value in bad:
         with pytest.raises(ValueError, match=r"^x must be in "):
-            _checks.check_range("x", value, **kwargs)
+            checks.check_range("x", value, **kwargs)
 
 
 def test_check_range_message_shows_the_interval_and_the_value():
     with pytest.raises(ValueError) as info:
-        _checks.check_range("b1", 1.0, 0.0, 1.0, high_open=True)
+        checks.check_range("b1", 1.0, 0.0, 1.0, high_open=True)
     assert str(info.value) == "b1 must be in [0.0, 1.0), got 1.0"
     with pytest.raises(ValueError) as info:
-        _checks.check_range("eps", -2, 0.0, None, low_open=True)
+        checks.check_range("eps", -2, 0.0, None, low_open=True)
     assert str(info.value) == "eps must be in (0.0, inf], got -2"
 
 
 def test_nan_is_refused_even_without_bounds():
     with pytest.raises(ValueError, match=r"^x must be in .*got nan$"):
-        _checks.check_range("x", math.nan)
+        checks.check_range("x", math.nan)
 
 
 @pytest.mark.parametrize("value", [np.float32(0.5), np.int64(1), jnp.asarray(0.5), np.array(2.0)])
 def test_numpy_and_jax_scalars_are_checked_and_returned_as_is(value):
-    assert _checks.check_positive("x", value) is value
+    assert checks.check_positive("x", value) is value
     with pytest.raises(ValueError, match=r"^x must be in"):
-        _checks.check_positive("x", -value)
+        checks.check_positive("x", -value)
 
 
 @pytest.mark.parametrize(
@@ -66,49 +66,49 @@ def test_numpy_and_jax_scalars_are_checked_and_returned_as_is(value):
 )
 def test_non_real_scalars_are_refused_with_the_name(value, message):
     with pytest.raises(ValueError) as info:
-        _checks.check_range("x", value, 0.0, 1.0)
+        checks.check_range("x", value, 0.0, 1.0)
     assert str(info.value) == message
 
 
 def test_positive_and_nonnegative_refuse_zero_and_infinity_as_documented():
-    assert _checks.check_positive("x", 1e-30) == 1e-30
-    assert _checks.check_nonnegative("x", 0.0) == 0.0
+    assert checks.check_positive("x", 1e-30) == 1e-30
+    assert checks.check_nonnegative("x", 0.0) == 0.0
     for bad in (0.0, -1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match=r"^x must be in"):
-            _checks.check_positive("x", bad)
+            checks.check_positive("x", bad)
     for bad in (-1e-30, math.inf, math.nan):
         with pytest.raises(ValueError, match=r"^x must be in"):
-            _checks.check_nonnegative("x", bad)
+            checks.check_nonnegative("x", bad)
 
 
 def test_schedules_and_tracers_pass_unchecked():
     schedule = lambda count: -1.0  # a bad value, but only known when it runs
-    assert _checks.check_positive("x", schedule) is schedule
+    assert checks.check_positive("x", schedule) is schedule
     # Under jit the value is a tracer: it cannot be checked and must not raise.
-    out = jax.jit(lambda v: _checks.check_range("x", v, 0.0, 1.0) * 2)(jnp.float32(5.0))
+    out = jax.jit(lambda v: checks.check_range("x", v, 0.0, 1.0) * 2)(jnp.float32(5.0))
     assert float(out) == 10.0
 
 
 def test_check_choice():
-    assert _checks.check_choice("form", "lesson", ("heavy_ball", "lesson")) == "lesson"
+    assert checks.check_choice("form", "lesson", ("heavy_ball", "lesson")) == "lesson"
     with pytest.raises(ValueError) as info:
-        _checks.check_choice("form", "polyak", ("heavy_ball", "lesson"))
+        checks.check_choice("form", "polyak", ("heavy_ball", "lesson"))
     assert str(info.value) == "form must be one of ('heavy_ball', 'lesson'), got 'polyak'"
 
 
 def test_check_callable():
-    assert _checks.check_callable("fn", abs) is abs
+    assert checks.check_callable("fn", abs) is abs
     with pytest.raises(TypeError, match=r"^fn must be callable, got float 0\.5$"):
-        _checks.check_callable("fn", 0.5)
+        checks.check_callable("fn", 0.5)
 
 
 def test_resolve_and_is_schedule():
     count = jnp.asarray(3, jnp.int32)
-    assert _checks.resolve(0.25, count) == 0.25
-    assert int(_checks.resolve(lambda c: c * 2, count)) == 6
-    assert _checks.is_schedule(lambda c: c)
-    assert not _checks.is_schedule(0.1)
-    assert not _checks.is_schedule(jnp.asarray(0.1))
+    assert checks.resolve(0.25, count) == 0.25
+    assert int(checks.resolve(lambda c: c * 2, count)) == 6
+    assert checks.is_schedule(lambda c: c)
+    assert not checks.is_schedule(0.1)
+    assert not checks.is_schedule(jnp.asarray(0.1))
 
 
 # --- every public factory validates its arguments at construction -------------------------
@@ -308,10 +308,10 @@ def test_traced_values_pass_through_unchecked(build, bad):
 )
 def test_check_int_refuses_non_integers_and_out_of_range(value, low, high, message):
     with pytest.raises(ValueError, match=f"n {message}"):
-        _checks.check_int("n", value, low, high)
+        checks.check_int("n", value, low, high)
 
 
 def test_check_int_returns_a_python_int_and_adds_why():
-    assert type(_checks.check_int("n", np.int64(5), 0)) is int
+    assert type(checks.check_int("n", np.int64(5), 0)) is int
     with pytest.raises(ValueError, match=r"n must be an integer >= 2 \(two at least\), got 1"):
-        _checks.check_int("n", 1, 2, why=" (two at least)")
+        checks.check_int("n", 1, 2, why=" (two at least)")

@@ -2,7 +2,7 @@
 
 Each module holds one experiment (its full and quick configs, ``run`` and ``plot``);
 :mod:`jaxtricks.cli.experiments.common` holds what they share. :data:`NAMES` lists them in the
-order ``all`` runs them: the cheap MLP ones first, the CNN one last.
+order ``all`` runs them: the cheap MLP ones first, the CNN ones last.
 """
 
 import importlib
@@ -16,7 +16,9 @@ NAMES = (
     "optimizers",
     "clipping",
     "lr_decay",
+    "lr_find",
     "dropout",
+    "precision",
 )
 
 

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 # The experiments draw their figures with these, as common.pyplot and common.save_figure.
+from jaxtricks.cli.experiments.provenance import provenance
 from jaxtricks.cli.plots import pyplot, save_figure  # noqa: F401
 from jaxtricks.data.splits import Splits, load_splits
 from jaxtricks.files import write_json
@@ -282,6 +283,7 @@ def run_experiment(
         "wall_time_s": wall,
         "cpu_time_s": cpu,
         "machine": machine(),
+        "provenance": provenance(module.__name__),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(os.path.join(out_dir, RESULTS_FILE), results)

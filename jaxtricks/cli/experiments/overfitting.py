@@ -1,5 +1,5 @@
-"""L5, overfitting: on a small training set, early stopping, weight decay, dropout and model
-averaging against a plain baseline, compared on the train/test gap.
+"""L5, overfitting: on a small training set, early stopping, weight decay, dropout, model
+averaging, label smoothing and mixup against a plain baseline, compared on the train/test gap.
 
 With few training examples a large MLP drives its training error to zero while its test error
 stays high. For every variant the final model is scored in evaluation mode (no dropout) on
@@ -18,13 +18,21 @@ Variants (same MLP, Adam η = 1e-3, batch 64):
     dropout         dropout after every hidden layer
     ensemble        K models trained at once (:func:`~jaxtricks.training.ensemble.fit_ensemble`,
                     a ``vmap`` over members), predicting the mean of their probabilities
+    label_smoothing the cross-entropy against (1 − α) e_y + α / 10
+                    (:func:`~jaxtricks.tricks.soft_targets.smoothed_cross_entropy`)
+    mixup           each batch replaced by λ x + (1 − λ) x[π] with targets mixed alike,
+                    λ ~ Beta(α, α) (:func:`~jaxtricks.tricks.soft_targets.mixup`, a batch
+                    transform with its own random stream)
 
 The validation set is held out from the end of the training split (disjoint from the training
 subset) and is ``fit``'s validation data: every per-epoch curve is measured on it, and only the
-final models see the test split, so early stopping never looks at test data.
+final models see the test split, so early stopping never looks at test data. Every final model
+is scored with the plain cross-entropy and accuracy on clean images, label smoothing and mixup
+included (label smoothing's ``val_loss`` curve too; its smoothed one is ``val_smoothed_loss``).
 
 Full config: MNIST, 1000 train / 5000 validation / 10000 test images, MLP (512, 256), 50
-epochs, patience 5, λ = 1e-3, dropout 0.5, K = 5, 3 seeds: 5 × 3 = 15 runs.
+epochs, patience 5, λ = 1e-3, dropout 0.5, K = 5, label smoothing α = 0.1, mixup α = 0.2,
+3 seeds: 7 × 3 = 21 runs.
 Quick config: 256 train / 512 validation / 1000 test images, MLP (64,), 3 epochs, patience 1,
 K = 2, 1 seed.
 """
@@ -37,17 +45,25 @@ import optax
 
 from jaxtricks.cli.experiments import common
 from jaxtricks.models import MLP
-from jaxtricks.training import EarlyStoppingHook, evaluate_ensemble, fit_ensemble
+from jaxtricks.training import (
+    EarlyStoppingHook,
+    LambdaHook,
+    accuracy,
+    evaluate_ensemble,
+    fit_ensemble,
+)
 from jaxtricks.tricks import optimizers
+from jaxtricks.tricks.soft_targets import mixup, smoothed_cross_entropy
 from jaxtricks.tricks.weight_decay import add_l2_penalty
 
 NAME = "overfitting"
 CLAIM = (
-    "L5: early stopping, weight decay, dropout and model averaging reduce overfitting "
-    "(the train/test gap) on a small training set"
+    "L5: early stopping, weight decay, dropout, model averaging, label smoothing and mixup "
+    "reduce overfitting (the train/test gap) on a small training set"
 )
 
-VARIANTS = ("baseline", "early_stopping", "weight_decay", "dropout", "ensemble")
+VARIANTS = ("baseline", "early_stopping", "weight_decay", "dropout", "ensemble",
+            "label_smoothing", "mixup")
 
 FULL: dict[str, Any] = {
     "dataset": "mnist",
@@ -64,6 +80,8 @@ FULL: dict[str, Any] = {
     "l2": 1e-3,
     "dropout_rate": 0.5,
     "ensemble_members": 5,
+    "label_smoothing": 0.1,
+    "mixup_alpha": 0.2,
     "seeds": 3,
 }
 QUICK: dict[str, Any] = {
@@ -91,6 +109,22 @@ def _single(variant: str, config: dict[str, Any], data: common.Data, seed: int,
     hooks = []
     if variant == "early_stopping":
         hooks.append(EarlyStoppingHook("val_loss", patience=config["patience"]))
+    extra: dict[str, Any] = {}
+    plain_val_loss: list[float] = []
+    if variant == "label_smoothing":
+        extra = {"loss_fn": smoothed_cross_entropy(config["label_smoothing"]),
+                 "metrics": {"accuracy": accuracy}}
+
+        def record_plain_val_loss(state: Any, record: Any) -> bool:
+            # fit's val_loss is the smoothed loss here; the figure compares plain ones.
+            del record
+            plain_val_loss.append(
+                common.evaluate_state(model, state, data.val_x, data.val_y)["loss"])
+            return False
+
+        hooks.append(LambdaHook(record_plain_val_loss))
+    elif variant == "mixup":
+        extra = {"batch_transform": mixup(config["mixup_alpha"], model.num_classes)}
     result, state = common.fit_run(
         model,
         optimizer,
@@ -103,7 +137,11 @@ def _single(variant: str, config: dict[str, Any], data: common.Data, seed: int,
         log=log,
         callbacks=hooks,
         test_each_epoch=False,
+        **extra,
     )
+    if plain_val_loss:
+        curves = result["curves"]
+        curves["val_smoothed_loss"], curves["val_loss"] = curves["val_loss"], plain_val_loss
     train = common.evaluate_state(model, state, data.train_x, data.train_y)
     test = common.evaluate_state(model, state, data.test_x, data.test_y)
     stopped = result.get("early_stopping", {})

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtricks.models.batch_norm import BatchNorm
-from jaxtricks.tricks._checks import check_callable, check_int, check_range
+from jaxtricks.tricks.checks import check_callable, check_int, check_range
 from jaxtricks.tricks.initializers import he_normal
 
 Initializer = Callable[..., jax.Array]
@@ -73,8 +73,10 @@ class NormActModule(nn.Module):
             2015, a truncated normal as ``jax.nn.initializers.he_normal``), suits the default
             ReLU; with tanh pass ``lecun_normal()`` or ``glorot_normal()`` from the same module
             (or the lesson's untruncated ``gaussian()``, ``glorot_normal_untruncated()``).
-        dtype: the compute dtype; parameters stay float32 and batch norm computes in float32
-            before casting back.
+        dtype: the compute dtype of the Dense and Conv layers; None (the default) computes in
+            the dtype of the inputs and parameters as they arrive, so a precision policy that
+            casts both (:mod:`jaxtricks.training.precision`) decides. Parameters are created in
+            float32, and batch norm computes in float32 before casting back.
     """
 
     _: dataclasses.KW_ONLY
@@ -82,15 +84,15 @@ class NormActModule(nn.Module):
     batch_norm_momentum: float = 0.9
     activation: Callable[[jax.Array], jax.Array] = nn.relu
     kernel_init: Initializer = he_normal()
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_range("batch_norm_momentum", self.batch_norm_momentum, 0.0, 1.0)
         check_callable("activation", self.activation)
         check_callable("kernel_init", self.kernel_init)
-        if not jnp.issubdtype(self.dtype, jnp.floating):
-            raise ValueError(f"dtype must be a floating dtype, got {self.dtype!r}")
+        if self.dtype is not None and not jnp.issubdtype(self.dtype, jnp.floating):
+            raise ValueError(f"dtype must be a floating dtype or None, got {self.dtype!r}")
 
     def dense(self, features: int, **kwargs: Any) -> nn.Dense:
         """A Dense layer, without bias when batch norm follows it."""
@@ -129,7 +131,7 @@ class NormActModule(nn.Module):
             momentum=self.batch_norm_momentum,
             dtype=jnp.float32,
         )(z.astype(jnp.float32))
-        return normalized.astype(self.dtype)
+        return normalized.astype(z.dtype)
 
     def activate(self, z: jax.Array) -> jax.Array:
         """``φ(z)``, sowing ``z`` as a pre-activation."""

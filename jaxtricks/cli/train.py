@@ -373,6 +373,9 @@ def _validate_job(args: argparse.Namespace) -> None:
             f"{given[0]} needs {' and '.join(missing)} too (or --distributed auto, to have "
             "JAX detect them from the cluster)"
         )
+    if distributed_wanted(args):
+        _check(args.devices == 0, "--devices",
+               "'all' (every process's devices) in a job of several processes", args.devices)
 
 
 def distributed_wanted(args: argparse.Namespace) -> bool:
@@ -566,14 +569,10 @@ def build_model(args: argparse.Namespace) -> nn.Module:
 
 def build_mesh(args: argparse.Namespace) -> Mesh | None:
     """The data-parallel mesh ``--devices`` asks for; None for one device, no mesh. In a job of
-    several processes it spans every process's devices."""
-    available = jax.device_count()
-    if jax.process_count() > 1:
-        _check(args.devices in (0, available), "--devices",
-               f"'all' (the {available} devices of the {jax.process_count()} processes) in a "
-               "job of several processes", args.devices)
+    several processes (``--devices all``) it spans every process's devices."""
     if args.devices == 1:
         return None
+    available = jax.device_count()
     _check(args.devices <= available, "--devices",
            f"at most the {available} devices JAX sees", args.devices)
     mesh = make_mesh(args.devices or None)

@@ -102,7 +102,11 @@ class CommandError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``train`` flags to ``parser``."""
-    add_data_arguments(parser.add_argument_group("data (L1)"))
+    data = parser.add_argument_group("data (L1)")
+    add_data_arguments(data)
+    # Not in add_data_arguments: lr-find, which shares those, never looks at the test set.
+    data.add_argument("--test-examples", type=int, default=None,
+                      help="evaluate on the first N test images only (default: all)")
     add_model_arguments(parser.add_argument_group("model (L2, L3, L4, L7)"))
     add_optimizer_arguments(parser.add_argument_group("optimization (L5, L6)"))
     guard = parser.add_argument_group("against overfitting (L5) and diagnostics")
@@ -207,8 +211,6 @@ def add_data_arguments(group: Any) -> None:
     group.add_argument("--validation-examples", type=int, default=5000,
                        help="hold out the last N training images as validation data (0: none; "
                             "then --monitor must be a training metric)")
-    group.add_argument("--test-examples", type=int, default=None,
-                       help="evaluate on the first N test images only (default: all)")
     group.add_argument("--scaling", choices=("standardize", "unit", "raw"), default="standardize",
                        help="inputs: standardize with training statistics, scale to [0,1], or "
                             "raw 0-255")

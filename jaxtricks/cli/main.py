@@ -1,5 +1,5 @@
 """The ``jaxtricks`` command line: ``python -m jaxtricks train ...``, ``lr-find ...``,
-``experiment ...``."""
+``experiment ...``, ``launch ...``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from jaxtricks.backend import configure_host_allocator, configure_xla_cpu
-from jaxtricks.cli import experiment, lr_find, train
+from jaxtricks.cli import experiment, launch, lr_find, train
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiment.add_arguments(experiment_parser)
     experiment_parser.set_defaults(run=experiment.run, parser=experiment_parser)
+    launch_parser = commands.add_parser(
+        "launch",
+        help="start a job of several train processes on this machine (jax.distributed)",
+        description=launch.DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    launch.add_arguments(launch_parser)
+    launch_parser.set_defaults(run=launch.run, parser=launch_parser)
     return parser
 
 

@@ -10,6 +10,11 @@ plateau watch them. The test set is evaluated after every epoch and reported apa
 Every failure is one line on stderr naming the flag, with exit status 2, found before training
 where it can be: a bad value, an ``--out`` that is a file or cannot be written, a checkpoint
 directory that holds another run, a ``--resume`` whose flags differ from the run it resumes.
+
+With ``--coordinator-address``, ``--num-processes`` and ``--process-id`` (or ``--distributed
+auto`` on a cluster JAX recognizes) the process joins a job of several (``jax.distributed``,
+before any other JAX work) and trains on every process's devices; process 0 alone prints and
+writes ``--out`` (docs/multi_device.md). ``jaxtricks launch`` starts such a job on one machine.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import jax
 import optax
 from jax.sharding import Mesh
 
+from jaxtricks.backend import initialize_distributed
 from jaxtricks.data import DatasetNotFoundError, IdxFormatError, Splits, load_splits
 from jaxtricks.files import strict_json, write_json
 from jaxtricks.models import CNN, MLP, ResNet
@@ -84,7 +90,8 @@ SEED_LIMIT = 2**63
 # other flag defines the run and is taken from the checkpoint's when not given.
 RESUME_FREE = frozenset({
     "out", "data_dir", "progress", "plot", "resume", "checkpoint_dir", "keep_checkpoints",
-    "checkpoint_every_steps", "checkpoint_every_epochs", "runner",
+    "checkpoint_every_steps", "checkpoint_every_epochs", "runner", "distributed",
+    "coordinator_address", "num_processes", "process_id",
 })
 ARGUMENTS_FILE = "arguments.json"
 
@@ -95,7 +102,11 @@ class CommandError(Exception):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``train`` flags to ``parser``."""
-    add_data_arguments(parser.add_argument_group("data (L1)"))
+    data = parser.add_argument_group("data (L1)")
+    add_data_arguments(data)
+    # Not in add_data_arguments: lr-find, which shares those, never looks at the test set.
+    data.add_argument("--test-examples", type=int, default=None,
+                      help="evaluate on the first N test images only (default: all)")
     add_model_arguments(parser.add_argument_group("model (L2, L3, L4, L7)"))
     add_optimizer_arguments(parser.add_argument_group("optimization (L5, L6)"))
     guard = parser.add_argument_group("against overfitting (L5) and diagnostics")
@@ -134,8 +145,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="data-parallel devices: 1 (default) trains on one device; N > 1 "
                                 "splits every batch over the first N devices (--batch-size must "
                                 "divide by N); 0 or 'all' uses every device JAX sees (every "
-                                "host's after jax.distributed.initialize()); see "
-                                "docs/multi_device.md")
+                                "process's in a job of several, where 'all' is the default and "
+                                "the only choice); see docs/multi_device.md")
     run_group.add_argument("--shard-optimizer-state", action=argparse.BooleanOptionalAction,
                            default=False,
                            help="with --devices: split the optimizer state across the devices "
@@ -146,6 +157,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="show a progress bar (tqdm), or one line per epoch without it")
     run_group.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
                            help="write curves.png (skipped, with a note, without matplotlib)")
+    job = parser.add_argument_group(
+        "several processes (jax.distributed)",
+        "Join a job of several processes, on one machine or many, before any JAX work, and "
+        "train on every process's devices (gloo collectives on the CPU). Every process runs the "
+        "same command but for --process-id; process 0 alone prints and writes --out, and "
+        "checkpoints must be in a folder every process sees. 'jaxtricks launch' starts such a "
+        "job on one machine.",
+    )
+    job.add_argument("--distributed", choices=("off", "auto"), default="off",
+                     help="auto: let jax.distributed.initialize() detect the job (SLURM, Open "
+                          "MPI, Cloud TPU, Kubernetes) for any of the three flags below not "
+                          "given; off: join a job only when all three are given")
+    job.add_argument("--coordinator-address", default=None, metavar="HOST:PORT",
+                     help="the address of process 0, which listens on PORT")
+    job.add_argument("--num-processes", type=int, default=None, metavar="N",
+                     help="the number of processes of the job")
+    job.add_argument("--process-id", type=int, default=None, metavar="I",
+                     help="this process's id in [0, N)")
     ckpt = parser.add_argument_group(
         "checkpoints",
         "Off unless one of these flags is given. A checkpoint holds the whole training state "
@@ -275,6 +304,8 @@ def validate(args: argparse.Namespace) -> None:
                args.train_examples)
     _check(args.validation_examples >= 0, "--validation-examples", "an integer >= 0",
            args.validation_examples)
+    if args.test_examples is not None:
+        _check(args.test_examples >= 1, "--test-examples", "an integer >= 1", args.test_examples)
     if args.early_stopping is not None:
         _check(args.early_stopping >= 1, "--early-stopping", "an integer >= 1",
                args.early_stopping)
@@ -300,6 +331,7 @@ def validate(args: argparse.Namespace) -> None:
                            "--validation-examples above 0, or --monitor loss")
     if args.shard_optimizer_state and args.devices == 1:
         raise CommandError("--shard-optimizer-state needs --devices other than 1")
+    _validate_job(args)
     if args.checkpoint_every_steps is not None:
         _check(args.checkpoint_every_steps >= 1, "--checkpoint-every-steps", "an integer >= 1",
                args.checkpoint_every_steps)
@@ -316,6 +348,56 @@ def validate(args: argparse.Namespace) -> None:
                 path.encode("utf-8")
             except UnicodeEncodeError:
                 raise CommandError(f"{flag} must be a UTF-8 path, got {path!r}") from None
+
+
+JOB_FLAGS = (("coordinator_address", "--coordinator-address"),
+             ("num_processes", "--num-processes"), ("process_id", "--process-id"))
+
+
+def _validate_job(args: argparse.Namespace) -> None:
+    """Checks the flags of a job of several processes (on their own: JAX checks the job)."""
+    if args.coordinator_address is not None:
+        host, _, port = args.coordinator_address.rpartition(":")
+        _check(bool(host) and port.isdigit() and 1 <= int(port) <= 65535,
+               "--coordinator-address", "HOST:PORT with a port in [1, 65535]",
+               args.coordinator_address)
+    if args.num_processes is not None:
+        _check(args.num_processes >= 1, "--num-processes", "an integer >= 1", args.num_processes)
+    if args.process_id is not None:
+        high = "N - 1" if args.num_processes is None else args.num_processes - 1
+        _check(args.process_id >= 0 and (args.num_processes is None
+                                         or args.process_id < args.num_processes),
+               "--process-id", f"an integer in [0, {high}]", args.process_id)
+    given = [flag for dest, flag in JOB_FLAGS if getattr(args, dest) is not None]
+    if given and args.distributed == "off" and len(given) < len(JOB_FLAGS):
+        missing = [flag for dest, flag in JOB_FLAGS if getattr(args, dest) is None]
+        raise CommandError(
+            f"{given[0]} needs {' and '.join(missing)} too (or --distributed auto, to have "
+            "JAX detect them from the cluster)"
+        )
+    if distributed_wanted(args):
+        _check(args.devices == 0, "--devices",
+               "'all' (every process's devices) in a job of several processes", args.devices)
+
+
+def distributed_wanted(args: argparse.Namespace) -> bool:
+    """Whether the flags ask to join a job of several processes."""
+    return args.distributed == "auto" or any(
+        getattr(args, dest) is not None for dest, _ in JOB_FLAGS)
+
+
+def join_job(args: argparse.Namespace) -> None:
+    """Joins the job the flags describe (:func:`jaxtricks.backend.initialize_distributed`);
+    ``CommandError`` in one line when that fails (no cluster detected, no coordinator)."""
+    try:
+        initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    except Exception as err:  # JAX's errors for a job that cannot start vary
+        flag = "--distributed auto" if args.distributed == "auto" else "--coordinator-address"
+        raise CommandError(
+            f"{flag}: could not join the job: {_one_line(err)}"
+            + (" (give --coordinator-address, --num-processes and --process-id where JAX "
+               "detects no cluster)" if args.distributed == "auto" else "")
+        ) from None
 
 
 def checkpoints_wanted(args: argparse.Namespace) -> bool:
@@ -390,7 +472,7 @@ def prepare_output(args: argparse.Namespace, given: set[str]) -> str | None:
 class SaveArguments(Hook):
     """Writes the flags that define the run (all but :data:`RESUME_FREE`) to ``path``, where a
     later ``--resume`` takes them from, once the run has begun: after the checkpoint hook
-    (order 80) has resumed it or found nothing to resume."""
+    (order 80) has resumed it or found nothing to resume. Process 0 alone writes it."""
 
     order = 85
 
@@ -399,6 +481,8 @@ class SaveArguments(Hook):
 
     def on_train_begin(self, run: Any) -> None:
         del run
+        if jax.process_index() != 0:
+            return
         args = self.args
         flags = {k: v for k, v in vars(args).items() if k not in RESUME_FREE and _jsonable(v)}
         try:
@@ -486,7 +570,8 @@ def build_model(args: argparse.Namespace) -> nn.Module:
 
 
 def build_mesh(args: argparse.Namespace) -> Mesh | None:
-    """The data-parallel mesh ``--devices`` asks for; None for one device, no mesh."""
+    """The data-parallel mesh ``--devices`` asks for; None for one device, no mesh. In a job of
+    several processes (``--devices all``) it spans every process's devices."""
     if args.devices == 1:
         return None
     available = jax.device_count()
@@ -513,7 +598,8 @@ def split_data(args: argparse.Namespace) -> Splits:
     loaded or a count is out of range."""
     try:
         data = load_splits(args.dataset, train_examples=args.train_examples,
-                           validation_examples=args.validation_examples, scaling=args.scaling,
+                           validation_examples=args.validation_examples,
+                           test_examples=args.test_examples, scaling=args.scaling,
                            data_dir=args.data_dir)
     except (DatasetNotFoundError, IdxFormatError) as err:
         flag = f"--data-dir {args.data_dir}" if args.data_dir else f"--dataset {args.dataset}"
@@ -533,8 +619,15 @@ def _one_line(err: Exception) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    given = getattr(args, "given", set())
+    job = distributed_wanted(args)
+    if job and "devices" not in given:
+        args.devices = 0
     validate(args)
-    arguments_path = prepare_output(args, getattr(args, "given", set()))
+    if job:
+        join_job(args)
+    arguments_path = prepare_output(args, given)
+    leader = jax.process_index() == 0
     mesh = build_mesh(args)
     data = split_data(args)
     validation = (data.val_x, data.val_y) if args.validation_examples else None
@@ -548,13 +641,16 @@ def _train(args: argparse.Namespace) -> int:
             f"(--epochs × training images / --batch-size): {err}"
         ) from None
     optimizer = build_optimizer(args, schedule)
-    print(
-        f"{args.dataset}: {data.train_x.shape[0]} train / {data.val_x.shape[0]} validation / "
-        f"{data.test_x.shape[0]} test images from {data.source}; {args.model} on "
-        f"{jax.default_backend()} ({jax.devices()[0].device_kind}"
-        f"{'' if mesh is None else f' x{mesh.size}'})",
-        file=sys.stderr,
-    )
+    processes = jax.process_count()
+    if leader:
+        print(
+            f"{args.dataset}: {data.train_x.shape[0]} train / {data.val_x.shape[0]} validation / "
+            f"{data.test_x.shape[0]} test images from {data.source}; {args.model} on "
+            f"{jax.default_backend()} ({jax.devices()[0].device_kind}"
+            f"{'' if mesh is None else f' x{mesh.size}'}"
+            f"{f' over {processes} processes' if processes > 1 else ''})",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
 
     def stamp_elapsed(state: Any, record: Any) -> bool:
@@ -610,9 +706,11 @@ def _train(args: argparse.Namespace) -> int:
     history.header["wall_time_s"] = time.perf_counter() - started
     history.header["arguments"] = {k: v for k, v in vars(args).items() if _jsonable(v)}
     history.header["dataset_source"] = data.source
-    final = evaluate(make_eval_step(model, precision=precision), state, data.test_x,
+    final = evaluate(make_eval_step(model, mesh=mesh, precision=precision), state, data.test_x,
                      data.test_y, batch_size=args.batch_size)
     history.header["final_test"] = final
+    if not leader:
+        return 0
     try:
         write_json(metrics_path, history.to_dict())
     except OSError as err:

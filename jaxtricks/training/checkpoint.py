@@ -24,6 +24,15 @@ that verifies.
 
 Before a save, the directory must be writable and its disk must have room for the arrays: a
 :class:`CheckpointSaveError` says which is not so, without a partial write.
+
+In a job of several processes (``jax.distributed``) every process calls ``save`` and
+``restore`` alike, on a directory they share: Orbax writes each array's shards from the process
+that holds them and reads back each process's own, and a digest h_ℓ is of the whole (global)
+array ℓ, gathered to every process for the moment it is computed
+(``multihost_utils.process_allgather``; an array split over the processes, like a ZeRO-1
+optimizer state, is then held whole once). Arrays of one process only (NumPy arrays, arrays on
+one local device) are taken from process 0 and must be the same on every process. The manifest
+is written by process 0 alone, and no process returns from ``save`` before it is there.
 """
 
 import contextlib
@@ -48,6 +57,7 @@ __all__ = [
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxtricks.files import write_json
 from jaxtricks.training.history import EpochRecord
@@ -165,7 +175,12 @@ class CheckpointManager:
             else:
                 impls.append(None)
                 leaves.append(leaf)
-        host = jax.device_get(leaves)
+        host = _host_values(leaves)
+        if jax.process_count() > 1:
+            # An array of this process only is saved as process 0's value (Orbax writes a NumPy
+            # array from the primary process); a global array from the processes holding it.
+            leaves = [leaf if _spans_processes(leaf) else value
+                      for leaf, value in zip(leaves, host, strict=True)]
         records = [
             {
                 "path": jax.tree_util.keystr(path),
@@ -196,7 +211,10 @@ class CheckpointManager:
                         state=ocp.args.StandardSave(leaves), metadata=ocp.args.JsonSave(sealed)
                     ),
                 )
-            _write_manifest(self.path(step))
+            if jax.process_index() == 0:
+                _write_manifest(self.path(step))
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices(f"jaxtricks checkpoint {step} saved")
         except Exception as err:
             raise CheckpointSaveError(
                 f"could not save the checkpoint of step {step} in {self.directory}: "
@@ -230,8 +248,9 @@ class CheckpointManager:
 
         Args:
             like: a pytree with the structure, shapes and dtypes saved (arrays or
-                ``jax.ShapeDtypeStruct``); the restored arrays get its leaves' shardings, or
-                the default device's.
+                ``jax.ShapeDtypeStruct``); the restored arrays get the shardings of its
+                committed leaves; the others come back uncommitted, as ``jax.device_put``
+                leaves them.
             step: the step to restore; None means the newest checkpoint that verifies.
 
         Returns:
@@ -287,12 +306,16 @@ class CheckpointManager:
                 leaves = manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 ).state
-            host = jax.device_get(leaves)
+            host = _host_values(leaves)
             for record, array in zip(records, host, strict=True):
                 if _digest(array) != record["sha256"]:
                     raise ValueError(f"the bytes of {record['path'] or 'the tree'} changed")
         except Exception as err:
             raise DamagedCheckpointError(f"{where} is damaged: {_reason(err)}") from err
+        # A leaf of ``like`` placed nowhere in particular comes back so too (uncommitted), so
+        # that it can meet arrays of any sharding, a mesh's across processes included.
+        leaves = [leaf if _placed(want) else jax.device_put(value)
+                  for leaf, value, (_, want) in zip(leaves, host, paths_leaves, strict=True)]
         leaves = [
             jax.random.wrap_key_data(leaf, impl=record["key_impl"]) if record["key_impl"] else leaf
             for record, leaf in zip(records, leaves, strict=True)
@@ -304,13 +327,35 @@ def _is_key(leaf: Any) -> bool:
     return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
+def _spans_processes(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+
+
+def _host_values(leaves: list[Any]) -> list[np.ndarray]:
+    """The whole value of every leaf on this host: an array split over several processes is
+    gathered from all of them (every process must call this alike); others are read locally."""
+    return [
+        np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        if _spans_processes(leaf) and not leaf.is_fully_replicated
+        else np.asarray(jax.device_get(leaf))
+        for leaf in leaves
+    ]
+
+
+def _placed(leaf: Any) -> bool:
+    """Whether ``leaf`` asks for a sharding: a committed array, or a shape with a sharding."""
+    if isinstance(leaf, jax.Array):
+        return leaf.committed
+    return getattr(leaf, "sharding", None) is not None
+
+
 def _abstract(leaf: Any) -> jax.ShapeDtypeStruct:
     """What Orbax restores for ``leaf``: its shape and dtype (a key's raw data for a key) and
-    its sharding, else the default device."""
+    its sharding, else this process's first device."""
     stored = jax.eval_shape(jax.random.key_data, leaf) if _is_key(leaf) else leaf
-    sharding = getattr(leaf, "sharding", None)
+    sharding = leaf.sharding if _placed(leaf) else None
     if sharding is None:
-        sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.ShapeDtypeStruct(np.shape(stored), stored.dtype, sharding=sharding)
 
 

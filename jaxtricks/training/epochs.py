@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxtricks.backend import speed_paths
@@ -148,11 +149,13 @@ class EpochRunner(NamedTuple):
     name: str  # "loop" or "scan"
     compiled: Callable[..., tuple[TrainState, Totals]]  # the ahead-of-time compiled executable
     compile_time_s: float  # seconds spent lowering and compiling it
-    totals_like: dict[str, Any]  # shapes and dtypes of the running totals
+    totals_like: dict[str, Any]  # shapes, dtypes and shardings of the running totals
 
     def zero_totals(self) -> Totals:
-        """Running totals at the start of an epoch: every sum and count zero."""
-        return jax.tree.map(lambda like: jnp.zeros(like.shape, like.dtype), self.totals_like)
+        """Running totals at the start of an epoch: every sum and count zero, placed where the
+        compiled runner takes them (on a mesh: replicated over it)."""
+        return jax.tree.map(lambda like: jnp.zeros(like.shape, like.dtype, device=like.sharding),
+                            self.totals_like)
 
     def advance(self, state, totals, data, indices, start, stop):
         """Runs steps ``start, ..., stop - 1`` of the epoch; see :func:`run_epoch`.
@@ -225,7 +228,10 @@ def compile_epoch_runner(
     else:
         lowered = _scan_steps.lower(train_step, state, totals, data, indices, 0, 1)
     compiled = lowered.compile()
-    totals_like = jax.eval_shape(lambda: totals)
+    totals_like = jax.tree.map(
+        lambda total, sharding: jax.ShapeDtypeStruct(total.shape, total.dtype, sharding=sharding),
+        totals, compiled.input_shardings[0][1],
+    )
     return EpochRunner(runner, compiled, time.perf_counter() - begin, totals_like)
 
 
@@ -318,7 +324,8 @@ def choose_runner(
     """Compiles both runners, times a few steps of each and returns the faster.
 
     Each runner is timed, after a warm-up step, over a few steps in interleaved rounds on a copy
-    of ``state`` (the caller's state is never donated here), and keeps its best round. The
+    of ``state`` (the caller's state is never donated here), and keeps its best round. In a job
+    of several processes every process takes process 0's timings, so all choose alike. The
     choice is cached for the process per backend, device and state/data signature; a cache hit
     compiles only the chosen runner.
 
@@ -374,6 +381,13 @@ def choose_runner(
             trial, totals = runner.advance(trial, runner.zero_totals(), data, indices, 0, probe)
             jax.block_until_ready((trial, totals))
             step_time[name] = min(step_time[name], (time.perf_counter() - begin) / probe)
+    if jax.process_count() > 1:
+        # Every process must run the same program: all take process 0's timings.
+        from jax.experimental import multihost_utils
+
+        times = multihost_utils.broadcast_one_to_all(
+            np.array([step_time[name] for name in RUNNERS], np.float32))
+        step_time = {name: float(t) for name, t in zip(RUNNERS, times, strict=True)}
     name = min(RUNNERS, key=step_time.__getitem__)
     _CHOICES[key] = (name, step_time)
     record = {

@@ -129,10 +129,14 @@ def fit(
             epoch (``skipped_steps``).
         mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
             parallel; ``batch_size`` must divide by its number of devices. Same seed, same run
-            as on one device, up to float32 summation order.
+            as on one device, up to float32 summation order. A mesh over several processes'
+            devices (after ``jax.distributed.initialize()``) works alike: every process calls
+            ``fit`` with the same arguments and data, and each keeps only its devices' rows
+            of ``x`` and ``y`` on them (docs/multi_device.md).
         shard_optimizer_state: with a mesh, split the optimizer state across the devices
             (ZeRO-1).
-        progress: show a progress bar (tqdm, when installed) or one line per epoch on stderr.
+        progress: show a progress bar (tqdm, when installed) or one line per epoch on stderr
+            (process 0's only, in a job of several processes).
         runner: ``"loop"``, ``"scan"`` or ``"auto"`` (time both, keep the faster); None takes
             the backend's choice (:func:`jaxtricks.backend.speed_paths`). All give
             bit-identical results.
@@ -261,6 +265,7 @@ def fit(
         "backend": jax.default_backend(),
         "device_kind": device.device_kind,
         "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
         "jax_version": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "speed_paths": paths._asdict(),

@@ -531,7 +531,8 @@ class MetricsFileHook(Hook):
     """Writes the history as strict JSON to ``path`` after each epoch, atomically.
 
     A reader (or a run killed mid-write) sees the previous epoch's file or the new one, never a
-    partial file (:func:`jaxtricks.files.write_json`).
+    partial file (:func:`jaxtricks.files.write_json`). In a job of several processes
+    (``jax.distributed``) process 0 alone writes it: every process holds the same history.
 
     Args:
         path: the JSON file, e.g. ``runs/mnist/metrics.json``; its folder is created.
@@ -545,7 +546,8 @@ class MetricsFileHook(Hook):
         self.path = os.fspath(path)
 
     def on_epoch_end(self, run: Run, record: EpochRecord) -> None:
-        write_json(self.path, run.history.to_dict())
+        if jax.process_index() == 0:
+            write_json(self.path, run.history.to_dict())
 
 
 def format_record(record: EpochRecord, last_epoch: int) -> str:
@@ -564,7 +566,7 @@ class ProgressHook(Hook):
     """Shows the run's progress: a tqdm bar per epoch, or one line per epoch without tqdm.
 
     The bar shows the running loss of the epoch; at the epoch's end a line gives the epoch's
-    numbers (:func:`format_record`).
+    numbers (:func:`format_record`). In a job of several processes only process 0 shows it.
 
     Args:
         bar: ``True`` for a tqdm bar (tqdm must be installed), ``False`` for one line per
@@ -593,7 +595,7 @@ class ProgressHook(Hook):
         self._bar: Any = None
 
     def on_epoch_begin(self, run: Run, epoch: int) -> None:
-        if self._tqdm is not None:
+        if self._tqdm is not None and jax.process_index() == 0:
             self._bar = self._tqdm(
                 total=run.steps_per_epoch, desc=f"epoch {epoch}/{run.last_epoch}", unit="step",
                 leave=False, file=self.stream or sys.stderr,
@@ -610,7 +612,9 @@ class ProgressHook(Hook):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        print(format_record(record, run.last_epoch), file=self.stream or sys.stderr, flush=True)
+        if jax.process_index() == 0:
+            print(format_record(record, run.last_epoch), file=self.stream or sys.stderr,
+                  flush=True)
 
 
 class HealthHook(Hook):

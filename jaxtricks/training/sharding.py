@@ -26,6 +26,14 @@ masks are the same on any number of devices: ``jax.random`` values are a functio
 the shape only. ``jax_threefry_partitionable`` (on by default; the tests check both settings)
 changes which bits a key gives, not that they are independent of the sharding; it lets each
 device generate just its own rows instead of all of them, so it is left as it is.
+
+Across processes (after ``jax.distributed.initialize()``, see docs/multi_device.md) the mesh
+spans every process's devices and nothing above changes; only placing host data does.
+``jax.device_put`` cannot place an array of one process on devices of others, so
+:func:`place_sharded` and :func:`shard_dataset` (and the functions built on them) have each
+process build the shards of its own devices from its copy of the array
+(``jax.make_array_from_callback``): every process must hold the same values, and each keeps
+only the rows of its own devices.
 """
 
 from collections import Counter
@@ -263,7 +271,7 @@ def shard_train_state(
         P()
     """
     shardings = train_state_sharding(state, mesh, shard_optimizer_state=shard_optimizer_state)
-    return jax.device_put(state, shardings)
+    return place_sharded(state, shardings)
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
@@ -285,7 +293,8 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     """
     for leaf in jax.tree.leaves(batch):
         check_divisible("the batch size", jnp.shape(leaf)[0], mesh)
-    return jax.device_put(batch, batch_sharding(mesh))
+    sharding = batch_sharding(mesh)
+    return place_sharded(batch, jax.tree.map(lambda _: sharding, batch))
 
 
 def shard_dataset(arrays: Any, mesh: Mesh) -> Any:
@@ -296,9 +305,12 @@ def shard_dataset(arrays: Any, mesh: Mesh) -> Any:
     indices come from a permutation of the N real examples; the repeated last row keeps the
     arrays' value ranges (e.g. of the labels) unchanged.
 
+    A host (NumPy) array is copied shard by shard, each process copying only the rows of its own
+    devices (across processes every process must pass the same array); a ``jax.Array`` is padded
+    on its devices and resharded.
+
     Args:
-        arrays: a pytree of arrays (NumPy arrays go straight from the host to their devices)
-            sharing a leading axis of N >= 1 examples.
+        arrays: a pytree of arrays sharing a leading axis of N >= 1 examples.
         mesh: a 1-D mesh.
 
     Returns:
@@ -311,19 +323,70 @@ def shard_dataset(arrays: Any, mesh: Mesh) -> Any:
         ((5, 1), P('data',))
     """
     _, devices = _data_axis(mesh)
+    sharding = batch_sharding(mesh)
 
-    def pad(leaf):
-        leaf = leaf if isinstance(leaf, np.ndarray | jax.Array) else np.asarray(leaf)
+    def place_leaf(leaf):
+        if not isinstance(leaf, np.ndarray | jax.Array):
+            leaf = np.asarray(leaf)
         rows = leaf.shape[0] if leaf.ndim else 0
         if rows == 0:
             raise ValueError(f"arrays must have a leading axis of N >= 1 rows, got {leaf.shape}")
-        widths = [(0, -rows % devices)] + [(0, 0)] * (leaf.ndim - 1)
-        if not widths[0][1]:
-            return leaf
-        numpy = np if isinstance(leaf, np.ndarray) else jnp
-        return numpy.pad(leaf, widths, mode="edge")
+        padded = rows + -rows % devices
+        if isinstance(leaf, jax.Array) and (sharding.is_fully_addressable
+                                            or not leaf.is_fully_addressable):
+            if padded > rows:
+                leaf = jnp.pad(leaf, [(0, padded - rows)] + [(0, 0)] * (leaf.ndim - 1),
+                               mode="edge")
+            return jax.device_put(leaf, sharding)
+        host = np.asarray(leaf)
 
-    return jax.device_put(jax.tree.map(pad, arrays), batch_sharding(mesh))
+        def shard(index):
+            # Row r of the padded array is row min(r, N - 1); indexing with an array copies
+            # exactly this device's rows, never the whole array.
+            first, stop, _ = index[0].indices(padded)
+            return host[np.minimum(np.arange(first, stop), rows - 1)][(slice(None), *index[1:])]
+
+        return jax.make_array_from_callback((padded, *host.shape[1:]), sharding, shard)
+
+    return jax.tree.map(place_leaf, arrays)
+
+
+def place_sharded(tree: Any, shardings: Any) -> Any:
+    """Places every array of ``tree`` as ``shardings`` says, on other processes' devices too.
+
+    Where a sharding's devices all belong to this process, or the array is already spread over
+    the processes, it is ``jax.device_put``. Where a sharding spans other processes' devices
+    (after ``jax.distributed.initialize()``) and the array is this process's own (a NumPy array,
+    or a ``jax.Array`` on this process's devices), each process copies the shards of its own
+    devices from its array, so every process must pass the same values (the same data, the same
+    seed). Typed PRNG keys are placed as their key data.
+
+    Args:
+        tree: a pytree of arrays.
+        shardings: one :class:`jax.sharding.Sharding` per leaf, in ``tree``'s structure.
+
+    Returns:
+        The placed arrays.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> placed = place_sharded({"w": jnp.ones(2)}, {"w": replicated_sharding(make_mesh(1))})
+        >>> placed["w"].sharding.spec
+        P()
+    """
+
+    def place_leaf(leaf, sharding):
+        if sharding.is_fully_addressable or (isinstance(leaf, jax.Array)
+                                             and not leaf.is_fully_addressable):
+            return jax.device_put(leaf, sharding)
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = place_leaf(jax.random.key_data(leaf), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding,
+                                            lambda index: np.array(host[index]))
+
+    return jax.tree.map(place_leaf, tree, shardings)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -334,7 +397,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
         >>> replicate({"w": jnp.ones(3)}, make_mesh(1))["w"].sharding.spec
         P()
     """
-    return jax.device_put(tree, replicated_sharding(mesh))
+    sharding = replicated_sharding(mesh)
+    return place_sharded(tree, jax.tree.map(lambda _: sharding, tree))
 
 
 def per_device_bytes(tree: Any) -> int:

@@ -30,8 +30,8 @@ STEPS = len(TRAIN_IMAGES) // BATCH
 
 HEADER_KEYS = {
     "seed", "batch_size", "epochs", "train_examples", "validation_examples",
-    "steps_per_epoch", "backend", "device_kind", "device_count", "jax_version", "xla_flags",
-    "speed_paths", "runner", "runner_step_time_s", "compile_time_s", "skip_nonfinite",
+    "steps_per_epoch", "backend", "device_kind", "device_count", "process_count", "jax_version",
+    "xla_flags", "speed_paths", "runner", "runner_step_time_s", "compile_time_s", "skip_nonfinite",
     "data_parallel_devices", "shard_optimizer_state", "loss", "metrics", "precision",
     "batch_transform",
 }  # fmt: skip

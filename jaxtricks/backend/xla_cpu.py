@@ -64,7 +64,7 @@ def configure_xla_cpu(
         ``"too late"`` (the backend had started; nothing changed) and ``"other jaxlib"``
         (nothing changed).
 
-    Example:
+    Examples:
         >>> env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
         >>> configure_xla_cpu(env, jaxlib_version="0.10.2", backend_started=False)
         'set'

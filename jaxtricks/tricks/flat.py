@@ -282,7 +282,7 @@ def flatten_by_dtype(
       An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`FlatState`;
       extra keyword arguments of ``update`` are passed to ``inner`` unchanged.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jaxtricks.tricks.optimizers import adam
       >>> params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3), "h": jnp.ones(2, jnp.bfloat16)}
@@ -338,7 +338,7 @@ def flat_params(
       function mapping any dict of buffers with the same names and shapes (parameters,
       gradients, moments) to a tree shaped like ``params``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> from jaxtricks.tricks.optimizers import sgd
       >>> params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}

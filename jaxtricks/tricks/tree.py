@@ -47,7 +47,7 @@ def abs_sq(x: jax.Array) -> jax.Array:
     The complex result has a zero imaginary part; it stays complex so that a moment of
     ``|g|²`` has the parameters' dtype, as in Optax's state.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> abs_sq(jnp.array([3 + 4j])).tolist()
       [(25+0j)]
@@ -73,7 +73,7 @@ def global_norm(tree: Any, *, at_least_float32: bool = False) -> jax.Array:
     Returns:
       A real scalar array.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> float(global_norm({"a": jnp.array([3.0]), "b": jnp.array([[4.0]])}))
       5.0
@@ -94,7 +94,7 @@ def global_norm(tree: Any, *, at_least_float32: bool = False) -> jax.Array:
 def all_finite(tree: Any) -> jax.Array:
     """A boolean scalar: True when no leaf of ``tree`` holds a NaN or an infinity.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> bool(all_finite([jnp.array([1.0, jnp.inf])]))
       False

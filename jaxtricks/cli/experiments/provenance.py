@@ -57,7 +57,7 @@ def _imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
 def imported_modules(module: str) -> list[str]:
     """``module`` and every jaxtricks module it imports, directly or not, sorted.
 
-    Example:
+    Examples:
         >>> "jaxtricks.training.steps" in imported_modules("jaxtricks.training.fit")
         True
     """
@@ -90,7 +90,7 @@ def code_fingerprint(module: str) -> str:
     """SHA-256 of the code of ``module`` and every jaxtricks module it imports, docstrings and
     comments left out.
 
-    Example:
+    Examples:
         >>> len(code_fingerprint("jaxtricks.tricks.checks"))
         64
     """

@@ -55,6 +55,15 @@ def test_docstring_examples_use_the_section_griffe_renders_as_code():
     assert not offending, f"'Example:' sections (write 'Examples:'): {offending}"
 
 
+def test_the_home_page_code_runs():
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "index.md").read_text(), flags=re.S)
+    assert blocks
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "docs/index.md", "exec"), namespace)
+    assert namespace["params"]["w"].shape == (784, 10) and namespace["opt_state"] is not None
+
+
 @pytest.mark.slow
 def test_the_site_builds_strict_with_no_warning_and_documents_every_public_name(tmp_path):
     pytest.importorskip("mkdocs", reason="the docs extra is not installed")

@@ -56,7 +56,8 @@ def test_docstring_examples_use_the_section_griffe_renders_as_code():
 
 
 def test_the_home_page_code_runs():
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "index.md").read_text(), flags=re.S)
+    home = (ROOT / "docs" / "index.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", home, flags=re.S)
     assert blocks
     namespace = {}
     for block in blocks:

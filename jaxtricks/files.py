@@ -40,7 +40,7 @@ def atomic_write(path: str | os.PathLike, content: Content) -> str:
         OSError: the directory cannot be created or written, or the disk is full; ``path`` is
             unchanged and no temporary file is left behind.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     _ = atomic_write(os.path.join(tmp, "f.txt"), "abc")
@@ -75,7 +75,7 @@ def strict_json(value: Any) -> Any:
     """``value`` made ready for strict JSON: non-finite floats become ``None``, NumPy and JAX
     scalars and arrays become Python numbers and lists, tuples become lists, keys strings.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> strict_json({"loss": float("nan"), "acc": np.float32(0.5), "steps": (1, 2)})
         {'loss': None, 'acc': 0.5, 'steps': [1, 2]}
@@ -96,7 +96,7 @@ def strict_json(value: Any) -> Any:
 def write_json(path: str | os.PathLike, value: Any, *, indent: int = 1) -> str:
     """Writes ``strict_json(value)`` to ``path`` atomically (see :func:`atomic_write`).
 
-    Example:
+    Examples:
         >>> import json, os, tempfile
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     path = write_json(os.path.join(tmp, "m.json"), {"loss": float("inf")})

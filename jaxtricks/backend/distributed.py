@@ -80,7 +80,7 @@ def initialize_distributed(
         RuntimeError: JAX has computed something already (its backends exist), too late to join
             a job.
 
-    Example:
+    Examples:
         >>> calls = []
         >>> initialize_distributed("127.0.0.1:1234", 2, 1, backend_started=False,
         ...                        initialize=lambda *args: calls.append(args))

@@ -74,7 +74,7 @@ def configure_host_allocator(*, keep_bytes: int = DEFAULT_KEEP_BYTES, libc: Any 
         ValueError: ``keep_bytes`` is not an int in range.
         RuntimeError: glibc refused a setting.
 
-    Example:
+    Examples:
         >>> calls = []
         >>> class FakeGlibc:
         ...     def gnu_get_libc_version(self): return b"2.36"

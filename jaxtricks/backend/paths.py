@@ -59,7 +59,7 @@ def speed_paths(platform: str | None = None) -> SpeedPaths:
     Returns:
         A :class:`SpeedPaths`.
 
-    Example:
+    Examples:
         >>> speed_paths("gpu") == PLAIN
         True
         >>> speed_paths("cpu").runner
@@ -84,7 +84,7 @@ def use_speed_paths(paths: SpeedPaths) -> Iterator[SpeedPaths]:
     Args:
         paths: a :class:`SpeedPaths`, e.g. :data:`PLAIN`.
 
-    Example:
+    Examples:
         >>> with use_speed_paths(PLAIN):
         ...     speed_paths("cpu").runner
         'loop'

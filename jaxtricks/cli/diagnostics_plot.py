@@ -33,7 +33,7 @@ def gradient_norm_series(
     Returns:
       ``{module: float64 array (T,)}`` in the modules' first order.
 
-    Example:
+    Examples:
       >>> records = [{"Dense_0": 1.0, "head": 2.0}, {"Dense_0": 0.5, "head": 1.0}]
       >>> series = gradient_norm_series(records)
       >>> {name: values.tolist() for name, values in series.items()}
@@ -92,7 +92,7 @@ def plot_gradient_norms(
     Returns:
       ``str(path)``.
 
-    Example:
+    Examples:
       >>> import os, tempfile
       >>> records = [{"Dense_0": 1e-3, "head": 1.0}, {"Dense_0": 1e-4, "head": 0.5}]
       >>> with tempfile.TemporaryDirectory() as tmp:

@@ -86,7 +86,7 @@ def free_port() -> int:
 def child_environment(environ: dict[str, str], devices_per_process: int | None) -> dict[str, str]:
     """The environment of each process: ``environ``, with K simulated CPU devices if asked.
 
-    Example:
+    Examples:
         >>> env = child_environment({"XLA_FLAGS": "--xla_dump_to=/tmp/x"}, 2)
         >>> env["XLA_FLAGS"], env["JAX_PLATFORMS"]
         ('--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=2', 'cpu')
@@ -103,7 +103,7 @@ def child_environment(environ: dict[str, str], devices_per_process: int | None) 
 def describe_exit(status: int) -> str:
     """``"status 2"`` or ``"signal 9 (SIGKILL)"`` for a ``Popen.returncode``.
 
-    Example:
+    Examples:
         >>> describe_exit(2), describe_exit(-9)
         ('status 2', 'signal 9 (SIGKILL)')
     """

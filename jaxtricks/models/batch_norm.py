@@ -130,7 +130,7 @@ def batch_norm_train(
     Returns:
         ``y`` of the shape of ``x`` and the batch mean and (biased) variance, each ``(C,)``.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> x = jnp.array([[1.0, 10.0], [3.0, 30.0]])
         >>> y, mean, var = batch_norm_train(x, jnp.ones(2), jnp.zeros(2))

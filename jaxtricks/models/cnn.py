@@ -49,7 +49,7 @@ class CNN(Classifier):
         dtype: the compute dtype; None: that of the inputs and parameters (a precision
             policy's). Parameters and logits are float32.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> model = CNN(features=(8, 16), hidden=32, use_batch_norm=True)
         >>> x = jnp.ones((4, 28, 28, 1))

@@ -130,7 +130,7 @@ def lsuv(
       New variables of the same structure (a ``dict``, or a ``FrozenDict`` when given one): the
       layers' kernels replaced, all else unchanged.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jaxtricks.models import MLP
       >>> x = jax.random.uniform(jax.random.key(0), (256, 28, 28, 1))

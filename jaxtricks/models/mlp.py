@@ -34,7 +34,7 @@ class MLP(Classifier):
         dtype: the compute dtype; None: that of the inputs and parameters (a precision
             policy's). Parameters and logits are float32.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> model = MLP(features=(32,), use_batch_norm=True, dropout_rate=0.5)
         >>> x = jnp.ones((8, 28, 28, 1))

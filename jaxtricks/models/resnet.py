@@ -40,7 +40,7 @@ class ResidualBlock(NormActModule):
         use_batch_norm, batch_norm_momentum, activation, kernel_init, dtype: as in
             :class:`ResNet`.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> block = ResidualBlock(16, strides=2, use_batch_norm=True)
         >>> x = jnp.ones((2, 28, 28, 8))
@@ -98,7 +98,7 @@ class ResNet(Classifier):
         dtype: the compute dtype; None: that of the inputs and parameters (a precision
             policy's). Parameters and logits are float32.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> model = ResNet(stage_sizes=(1, 1), width=8, use_batch_norm=True)
         >>> x = jnp.ones((2, 28, 28, 1))

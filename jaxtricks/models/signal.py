@@ -123,7 +123,7 @@ def signal_propagation(
       ``#k`` marks the k-th repeated call of one module) to :class:`LayerSignal`, in call
       order.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jaxtricks.models import MLP
       >>> from jaxtricks.tricks.initializers import normal

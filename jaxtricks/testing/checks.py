@@ -101,7 +101,7 @@ def run_transform(
     Returns:
       A :class:`Trajectory` of ``len(grads)`` steps.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> import jaxtricks as jt
       >>> run = run_transform(jt.sgd(0.5), jnp.ones(2), [jnp.array([1.0, -1.0])] * 2)
@@ -143,7 +143,7 @@ def default_ulps(dtype: Any) -> int:
     Returns:
       An int.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> default_ulps(jnp.bfloat16), default_ulps(jnp.float32), default_ulps(jnp.complex64)
       (2, 16, 16)
@@ -165,7 +165,7 @@ def tolerance(dtype: Any, scale: float, *, ulps: float | None = None) -> float:
     Returns:
       A float.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tolerance(jnp.bfloat16, 4.0) == 2 * (2**-7 * 4.0 + 2**-126)
       True
@@ -228,7 +228,7 @@ def assert_trees_close(
     Returns:
       None; raises ``AssertionError`` naming the first leaf that differs.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> assert_trees_close({"w": jnp.float32(1.0 + 2**-22)}, {"w": jnp.float32(1.0)})
       >>> assert_trees_close({"w": jnp.float32(1.01)}, {"w": jnp.float32(1.0)})
@@ -412,7 +412,7 @@ def check_transform(
       None; raises ``AssertionError`` naming the property, the step and the leaf that failed,
       or ``ValueError`` for an unknown check name.
 
-    Example:
+    Examples:
       >>> import jax
       >>> import jax.numpy as jnp
       >>> import optax
@@ -661,7 +661,7 @@ def check_initializer(
     Returns:
       None; raises ``AssertionError`` naming the property that failed.
 
-    Example:
+    Examples:
       >>> import jax
       >>> import jax.numpy as jnp
       >>> import jaxtricks as jt
@@ -736,7 +736,7 @@ def check_schedule(
     Returns:
       None; raises ``AssertionError`` naming the property and the count that failed.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> import jaxtricks as jt
       >>> check_schedule(jt.warmup_cosine(0.0, 1.0, 10, 100), [0, 5, 10, 50, 100, 2**31 - 1])

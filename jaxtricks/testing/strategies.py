@@ -72,7 +72,7 @@ def leaves(
     Returns:
       A strategy of :class:`Leaf` records.
 
-    Example:
+    Examples:
       >>> from hypothesis import given, settings
       >>> @settings(max_examples=5, deadline=None)
       ... @given(leaves([np.float32], [(2, 0)]))
@@ -107,7 +107,7 @@ def specs(
     Returns:
       A strategy of spec pytrees, for :func:`values`.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from hypothesis import given, settings
       >>> @settings(max_examples=5, deadline=None)
@@ -185,7 +185,7 @@ def values(
     Returns:
       A strategy of pytrees of NumPy arrays.
 
-    Example:
+    Examples:
       >>> from hypothesis import given, settings
       >>> spec = {"w": Leaf((2, 3), BFLOAT16), "z": Leaf((), COMPLEX64), "none": None}
       >>> @settings(max_examples=5, deadline=None)
@@ -219,7 +219,7 @@ def pytrees(
     Returns:
       A strategy of pytrees of NumPy arrays.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from hypothesis import given, settings
       >>> @settings(max_examples=5, deadline=None)
@@ -261,7 +261,7 @@ def problems(
       A strategy of :class:`Problem` records, whose ``params`` and ``grads`` go to
       :func:`~jaxtricks.testing.check_transform` as they are.
 
-    Example:
+    Examples:
       >>> import jaxtricks as jt
       >>> from hypothesis import given, settings
       >>> from jaxtricks.testing import check_transform
@@ -303,7 +303,7 @@ def learning_rates(
     Returns:
       A strategy of floats, or of floats and schedules ``count -> value``.
 
-    Example:
+    Examples:
       >>> import jaxtricks as jt
       >>> from hypothesis import given, settings
       >>> @settings(max_examples=5, deadline=None)
@@ -440,7 +440,7 @@ def schedules(
     Returns:
       A strategy of :class:`ScheduleCase` records.
 
-    Example:
+    Examples:
       >>> from hypothesis import given, settings
       >>> from jaxtricks.testing import check_schedule
       >>> @settings(max_examples=3, deadline=None)

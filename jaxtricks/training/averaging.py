@@ -144,7 +144,7 @@ def recompute_batch_stats(
         A ``batch_stats`` pytree like ``batch_stats_template`` with every measured layer's
         ``mean`` and ``var`` replaced.
 
-    Example:
+    Examples:
         >>> import flax.linen as nn, jax, jax.numpy as jnp
         >>> class Net(nn.Module):
         ...     @nn.compact
@@ -257,7 +257,7 @@ def recompute_model_state(
     Returns:
         ``model_state`` with every batch-norm layer's statistics replaced.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> from flax import nnx
         >>> rngs = nnx.Rngs(0)

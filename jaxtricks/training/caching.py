@@ -21,7 +21,7 @@ def shared(build: Callable[..., Any], *args: Any) -> Any:
 
     Unhashable arguments get a fresh build.
 
-    Example:
+    Examples:
         >>> make = lambda n: object()
         >>> shared(make, 3) is shared(make, 3), shared(make, 3) is shared(make, 4)
         (True, False)

@@ -98,7 +98,7 @@ class CheckpointManager:
         directory: the folder of the checkpoints; created by the first save.
         max_to_keep: how many of the newest checkpoints to keep, >= 1.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, tempfile
         >>> manager = CheckpointManager(tempfile.mkdtemp(), max_to_keep=2)
         >>> tree = {"w": jnp.arange(3.0), "key": jax.random.key(0)}
@@ -497,7 +497,7 @@ class CheckpointHook(Hook):
             another config, model, optimizer or hooks is refused with a ``ValueError`` saying
             which.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> hook = CheckpointHook(tempfile.mkdtemp(), every_steps=100)
         >>> hook.order

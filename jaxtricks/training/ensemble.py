@@ -149,7 +149,7 @@ def create_ensemble(
     Returns:
       A :class:`~jaxtricks.training.state.TrainState` whose every array has a leading axis K.
 
-    Example:
+    Examples:
       >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
       >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
       >>> states = create_ensemble(nn.Dense(3), tx, jax.random.split(jax.random.key(0), 4),
@@ -171,7 +171,7 @@ def create_ensemble(
 def ensemble_member(states: TrainState, index: int) -> TrainState:
     """Member ``index`` of an ensemble, as an ordinary training state.
 
-    Example:
+    Examples:
       >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
       >>> states = create_ensemble(nn.Dense(3), optax.sgd(0.1),
       ...                          jax.random.split(jax.random.key(0), 2), jnp.zeros((1, 5)))
@@ -209,7 +209,7 @@ def make_ensemble_train_step(
       ``ensemble_step(states, batch) -> (states, metrics)``, ``jit``-compiled, donating
       ``states``; each metric has shape ``(K,)``. Equal arguments give the same function.
 
-    Example:
+    Examples:
       >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
       >>> tx = optax.sgd(0.1)
       >>> states = create_ensemble(nn.Dense(2), tx, jax.random.split(jax.random.key(0), 3),
@@ -254,7 +254,7 @@ def make_ensemble_eval_step(
       ``(K,)``), and ``count``; :func:`~jaxtricks.training.steps.evaluate` turns them into
       means.
 
-    Example:
+    Examples:
       >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
       >>> from jaxtricks.training.steps import evaluate
       >>> states = create_ensemble(nn.Dense(2), optax.sgd(0.1),
@@ -321,7 +321,7 @@ def ensemble_probabilities(model: Any, states: TrainState, x: Any) -> jax.Array:
     Returns:
       A float32 array ``(N, C)`` whose rows sum to 1.
 
-    Example:
+    Examples:
       >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
       >>> states = create_ensemble(nn.Dense(3), optax.sgd(0.1),
       ...                          jax.random.split(jax.random.key(0), 2), jnp.zeros((1, 5)))
@@ -372,15 +372,15 @@ def fit_ensemble(
     docstring): member k starts from the state ``fit(seed=seed + k)`` would start from
     (``seed``'s own when ``shared_init``), all members see the batches ``fit(seed=seed)``
     sees, and after each epoch every member and the ensemble are evaluated on the validation
-    data.
+    data. The arguments ``x``, ``y``, ``epochs``, ``batch_size``, ``validation_data``,
+    ``validation_split``, ``loss_fn``, ``metrics``, ``callbacks``, ``seed``,
+    ``skip_nonfinite``, ``progress`` and ``runner`` are as for
+    :func:`~jaxtricks.training.fit.fit` (hooks see the stacked state).
 
     Args:
       model: a Flax Linen module.
       optimizer: an Optax transformation; wrap it with ``optax.inject_hyperparams`` for a
         sweep.
-      x, y, epochs, batch_size, validation_data, validation_split, loss_fn, metrics,
-        callbacks, seed, skip_nonfinite, progress, runner: as for
-        :func:`~jaxtricks.training.fit.fit` (hooks see the stacked state).
       num_members: K, the number of models, >= 1.
       hyperparams: ``{name: K values}``: member k trains with the injected hyperparameter
         ``name`` set to the k-th value (a sweep in one compile); see :func:`create_ensemble`.
@@ -396,7 +396,7 @@ def fit_ensemble(
       (mean in ``metrics``, K values in ``info``). The header adds ``member_seeds``,
       ``num_members``, ``shared_init`` and ``hyperparams``.
 
-    Example:
+    Examples:
       >>> import flax.linen as nn, jax.numpy as jnp, optax
       >>> y = jnp.arange(64) % 2
       >>> x = jnp.where(y[:, None] == 1, 1.0, -1.0) * jnp.ones((64, 4))

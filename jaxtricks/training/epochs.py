@@ -77,7 +77,7 @@ def epoch_indices(key: jax.Array, epoch: int, num_examples: int, batch_size: int
     Returns:
         An int32 array of shape ``(S, B)``; row i holds the examples of step i.
 
-    Example:
+    Examples:
         >>> import jax
         >>> indices = epoch_indices(jax.random.key(0), 1, num_examples=10, batch_size=3)
         >>> indices.shape, len(set(indices.ravel().tolist()))
@@ -199,7 +199,7 @@ def compile_epoch_runner(
     Returns:
         An :class:`EpochRunner`.
 
-    Example:
+    Examples:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
         >>> from jaxtricks.training.steps import make_train_step
@@ -273,7 +273,7 @@ def run_epoch(
         ``skipped`` steps (and ``overflow`` steps, with a loss scale) and of all ``steps``,
         still on the device.
 
-    Example:
+    Examples:
         See :func:`compile_epoch_runner`.
     """
     num_steps = indices.shape[0]
@@ -342,7 +342,7 @@ def choose_runner(
         ``cached`` (whether the choice came from the cache) and ``compile_time_s`` (each
         runner compiled in this call).
 
-    Example:
+    Examples:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
         >>> from jaxtricks.training.steps import make_train_step

@@ -157,7 +157,7 @@ def fit(
         the best epoch's weights when an early-stopping hook keeps them) and the
         :class:`~jaxtricks.training.history.History`.
 
-    Example:
+    Examples:
         >>> import flax.linen as nn, jax.numpy as jnp, optax
         >>> y = jnp.arange(64) % 2
         >>> x = jnp.where(y[:, None] == 1, 1.0, -1.0) * jnp.ones((64, 4))
@@ -366,7 +366,7 @@ def split_validation(x: Any, y: Any, validation_data: Any, validation_split: Any
     With ``validation_split = f > 0`` the last ⌊f·N⌋ rows of every array of ``x`` and ``y``
     are held out (none may be left empty); with ``validation_data`` it is that pair; else None.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> (x, y), (x_val, y_val) = split_validation(np.arange(10.0), np.arange(10), None, 0.2)
         >>> x.shape, x_val.tolist()
@@ -419,7 +419,7 @@ def make_hooks(callbacks: Any, progress: bool, *, health: bool = True) -> list[H
     :class:`~jaxtricks.training.hooks.ProgressHook` when ``progress`` (unless one is given),
     sorted by their ``order``.
 
-    Example:
+    Examples:
         >>> [type(hook).__name__ for hook in make_hooks([lambda state, record: False], True)]
         ['LambdaHook', 'HealthHook', 'ProgressHook']
     """

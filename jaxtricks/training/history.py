@@ -66,7 +66,7 @@ class EpochRecord:
         A list of numbers (one per ensemble member) goes to :attr:`info` under that name, and
         its mean (over the finite values; NaN if none) to :attr:`metrics`.
 
-        Example:
+        Examples:
             >>> record = EpochRecord(1, 10, {})
             >>> record.add({"loss": 0.5, "member_loss": [0.4, 0.6]}, prefix="val_")
             >>> record.metrics, record.info
@@ -114,7 +114,7 @@ class History:
             restored_best).
         epochs: one :class:`EpochRecord` per epoch trained.
 
-    Example:
+    Examples:
         >>> history = History({"seed": 0}, [EpochRecord(1, 10, {"loss": 0.5, "val_loss": 0.7}),
         ...                                 EpochRecord(2, 20, {"loss": 0.3, "val_loss": 0.6})])
         >>> history["val_loss"]

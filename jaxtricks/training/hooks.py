@@ -159,7 +159,7 @@ class LambdaHook(Hook):
 
     ``fit(callbacks=[fn])`` wraps plain functions in it.
 
-    Example:
+    Examples:
         >>> hook = LambdaHook(lambda state, record: record["loss"] < 0.1)
         >>> hook.order
         50
@@ -181,7 +181,7 @@ def check_monitor(monitor: Any) -> str:
     A training metric (``loss``, ``accuracy``, ...) or a validation metric (``val_...``)
     qualifies, averaged ones (``..._averaged``) too; a ``test_...`` metric never does.
 
-    Example:
+    Examples:
         >>> check_monitor("val_accuracy")
         'val_accuracy'
     """
@@ -448,7 +448,7 @@ def health_record(opt_state: Any) -> dict[str, Any] | None:
       float}``), ``vanishing`` and ``exploding`` (the flagged modules, sorted), and from the
       update state ``update_norm``, ``module_update_norms`` and ``module_update_ratios``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax
       >>> from jaxtricks.tricks.diagnostics import gradient_health
       >>> tx = optax.chain(gradient_health(vanish_threshold=1.0), optax.sgd(0.1))
@@ -508,7 +508,7 @@ def learning_rate_of(opt_state: Any) -> float | None:
     the state's step count, the schedule's if one was given. An optimizer built without
     ``inject_hyperparams`` keeps no learning rate in its state, so None.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp, optax
         >>> schedule = lambda count: 0.5 / (1 + count.astype(jnp.float32))
         >>> tx = optax.inject_hyperparams(optax.adam)(learning_rate=schedule)
@@ -638,7 +638,7 @@ def mean_totals(totals: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any
     the K means in ``info``; ``skipped`` counts the skipped steps (of all members). Loss-scale
     overflows, when counted, are the metric ``overflow_steps``.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> mean_totals({"loss": np.float32(3.0), "skipped": np.int32(1), "steps": np.int32(4)})
         ({'loss': 1.0}, {}, 1)

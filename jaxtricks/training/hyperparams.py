@@ -44,7 +44,7 @@ def set_hyperparams(opt_state: Any, values: Mapping[str, Any], *, argument: str 
     Raises:
         ValueError: a name no injected state holds, or one computed from a schedule.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp, optax
         >>> tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
         >>> state = set_hyperparams(tx.init({"w": jnp.zeros(2)}), {"learning_rate": 0.5})

@@ -103,7 +103,7 @@ def suggest_learning_rates(learning_rates: Any, smoothed_losses: Any, *,
     Returns:
         :class:`LRSuggestions`.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> lrs = np.logspace(-6, 0, 7)
         >>> s = suggest_learning_rates(lrs, [2.3, 2.3, 2.1, 1.0, 0.5, 0.4, 3.0])
@@ -304,7 +304,7 @@ def find_learning_rate(
     Returns:
         An :class:`LRFinderResult`.
 
-    Example:
+    Examples:
         >>> import flax.linen as nn, jax, jax.numpy as jnp
         >>> import jaxtricks as jt
         >>> x = jax.random.normal(jax.random.key(0), (256, 4))

@@ -147,7 +147,7 @@ def functional_model(model: Any) -> FunctionalModel:
     Raises:
         ValueError: ``model`` is none of those.
 
-    Example:
+    Examples:
         >>> import flax.linen as nn, jax, jax.numpy as jnp
         >>> class Net(nn.Module):
         ...     @nn.compact

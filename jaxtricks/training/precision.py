@@ -33,7 +33,7 @@ Design:
   checkpoints, shards and restores with the optimizer state through code that already handles
   it, and every other state stays as it was.
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> policy = precision_policy("bf16")
     >>> policy.cast_to_compute({"w": jnp.ones(2), "n": jnp.arange(2)})["w"].dtype
@@ -93,7 +93,7 @@ class Precision:
 
     Equal policies compare and hash equal, so compiled steps built for one are reused.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> policy = Precision(compute_dtype=jnp.bfloat16)
         >>> policy.cast_to_output(policy.cast_to_compute(jnp.ones(2))).dtype
@@ -177,7 +177,7 @@ def precision_policy(name: str) -> Precision:
     overflow). All three keep
     float32 parameters, optimizer state and outputs.
 
-    Example:
+    Examples:
         >>> precision_policy("bf16").compute_dtype
         dtype(bfloat16)
     """
@@ -194,7 +194,7 @@ def as_precision(precision: Precision | str | None) -> Precision | None:
     """``precision`` as a policy: a :class:`Precision` as it is, a name of :data:`PRECISIONS`
     through :func:`precision_policy`, None as None (no policy: nothing is cast).
 
-    Example:
+    Examples:
         >>> as_precision("fp32") == Precision(), as_precision(None)
         (True, None)
     """

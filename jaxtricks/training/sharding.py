@@ -62,7 +62,7 @@ def make_mesh(num_devices: int | None = None, axis: str = "data") -> Mesh:
     Returns:
         A :class:`jax.sharding.Mesh` of shape ``{axis: num_devices}``.
 
-    Example:
+    Examples:
         >>> mesh = make_mesh(1)
         >>> dict(mesh.shape)
         {'data': 1}
@@ -115,7 +115,7 @@ def check_divisible(name: str, size: int, mesh: Mesh) -> None:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """The sharding of a batch: its leading axis split over the mesh axis, the rest whole.
 
-    Example:
+    Examples:
         >>> batch_sharding(make_mesh(1)).spec
         P('data',)
     """
@@ -126,7 +126,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
     """The sharding of an array every device holds whole.
 
-    Example:
+    Examples:
         >>> replicated_sharding(make_mesh(1)).spec
         P()
     """
@@ -147,7 +147,7 @@ def zero1_sharding(shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
     Returns:
         A :class:`jax.sharding.NamedSharding`.
 
-    Example:
+    Examples:
         >>> mesh = make_mesh(1)
         >>> zero1_sharding((3, 64, 16), mesh).spec, zero1_sharding((), mesh).spec
         (P(None, 'data'), P())
@@ -183,7 +183,7 @@ def opt_state_sharding(
     Returns:
         A pytree of shardings with ``opt_state``'s structure.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, optax
         >>> mesh = make_mesh(1)
         >>> params = {"w": jnp.ones((4, 2))}
@@ -221,7 +221,7 @@ def train_state_sharding(
     Returns:
         A ``TrainState`` whose leaves are :class:`jax.sharding.NamedSharding` objects.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, optax
         >>> params = {"kernel": jnp.ones((4, 8))}
         >>> state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
@@ -262,7 +262,7 @@ def shard_train_state(
     Returns:
         The state, its arrays placed on the mesh's devices.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp, optax
         >>> params = {"kernel": jnp.ones((4, 8))}
         >>> state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
@@ -285,7 +285,7 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
     Returns:
         The batch, each device holding B/D rows of every array.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> images, labels = shard_batch((jnp.ones((4, 3)), jnp.zeros(4, jnp.int32)), make_mesh(1))
         >>> images.sharding.spec
@@ -316,7 +316,7 @@ def shard_dataset(arrays: Any, mesh: Mesh) -> Any:
     Returns:
         The padded arrays, each device holding N'/D rows.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> images = shard_dataset(np.arange(5.0, dtype=np.float32)[:, None], make_mesh(1))
         >>> images.shape, images.sharding.spec
@@ -368,7 +368,7 @@ def place_sharded(tree: Any, shardings: Any) -> Any:
     Returns:
         The placed arrays.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> placed = place_sharded({"w": jnp.ones(2)}, {"w": replicated_sharding(make_mesh(1))})
         >>> placed["w"].sharding.spec
@@ -392,7 +392,7 @@ def place_sharded(tree: Any, shardings: Any) -> Any:
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places every array of ``tree`` whole on every device of the mesh.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> replicate({"w": jnp.ones(3)}, make_mesh(1))["w"].sharding.spec
         P()
@@ -413,7 +413,7 @@ def per_device_bytes(tree: Any) -> int:
     Returns:
         An int, 0 for an empty tree.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> per_device_bytes({"w": jnp.ones((4, 2), jnp.float32), "n": jnp.zeros((), jnp.int32)})
         36

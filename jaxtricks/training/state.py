@@ -45,7 +45,7 @@ def as_optimizer(optimizer: Any) -> optax.GradientTransformation:
     Accepts a transformation (``optax.GradientTransformationExtraArgs`` included) and objects
     that make one, such as ``optax.MultiSteps`` (its ``gradient_transformation()``).
 
-    Example:
+    Examples:
         >>> import optax
         >>> tx = as_optimizer(optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2))
         >>> isinstance(tx, optax.GradientTransformation)
@@ -88,7 +88,7 @@ def create_train_state(model: Any, optimizer: Any, key: jax.Array, sample_input:
     Returns:
         A :class:`TrainState` with ``step`` 0.
 
-    Example:
+    Examples:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> class Net(nn.Module):
         ...     @nn.compact

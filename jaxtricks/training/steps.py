@@ -97,7 +97,7 @@ def softmax_cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
     make them), computed in float32 so that a model computing in bfloat16 or float16 still gets
     an accurate log-softmax.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> softmax_cross_entropy(jnp.array([[0.0, 0.0]]), jnp.array([1])).round(4)
         Array([0.6931], dtype=float32)
@@ -114,7 +114,7 @@ def accuracy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example 0/1 accuracy ``[argmax_c z_c = y]`` as float32, for logits and integer labels
     ``(B,)`` or soft targets ``(B, C)`` (y their argmax).
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> accuracy(jnp.array([[0.1, 0.9], [0.8, 0.2]]), jnp.array([1, 1]))
         Array([1., 0.], dtype=float32)
@@ -149,7 +149,7 @@ def make_objective(loss_fn: LossFn | None = None, metrics: Mapping[str, LossFn] 
     Returns:
         An :class:`Objective` (hashable when the functions are).
 
-    Example:
+    Examples:
         >>> make_objective().metrics[0][0]
         'accuracy'
         >>> make_objective(lambda outputs, y: (outputs - y) ** 2).metrics
@@ -184,7 +184,7 @@ def check_labels(labels: Any, num_classes: int, name: str = "y") -> None:
     silently wrong loss, so :func:`~jaxtricks.training.fit.fit` and :func:`evaluate` check
     every split with the default loss before using it.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> check_labels(np.array([0, 9]), 10)
         >>> check_labels(np.array([0, 10]), 10, "test labels")  # doctest: +ELLIPSIS
@@ -308,7 +308,7 @@ def make_train_step(
         scale halved; such a step has ``skipped = 0``) and ``loss_scale`` (the scale the step
         used). Equal arguments give the same function, so its compilations are reused.
 
-    Example:
+    Examples:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
         >>> model, tx = nn.Dense(2), optax.sgd(0.5)
@@ -492,7 +492,7 @@ def make_eval_step(
         that add up across batches; with the default loss also ``out_of_range``, the labels
         outside ``[0, classes)``, and ``classes``. Equal arguments give the same function.
 
-    Example:
+    Examples:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
         >>> x, y = jnp.ones((4, 3)), jnp.zeros((4,), jnp.int32)
@@ -584,7 +584,7 @@ def evaluate(
         ValueError: with the default loss, some label is outside ``[0, classes)`` (found on
             the device while evaluating; such a label would give a wrong loss).
 
-    Example:
+    Examples:
         >>> import flax.linen as nn, jax, jax.numpy as jnp, optax
         >>> from jaxtricks.training.state import create_train_state
         >>> x, y = jnp.ones((5, 3)), jnp.zeros((5,), jnp.int32)
@@ -642,7 +642,7 @@ def check_examples(*named: tuple[str, Any]) -> int:
     Raises ``ValueError`` naming the pytree when one is empty, holds a non-array leaf or a
     scalar, has no example, or disagrees with the first on N.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> check_examples(("x", {"a": np.zeros((4, 2)), "b": np.zeros(4)}), ("y", np.zeros(4)))
         4

@@ -131,7 +131,7 @@ def scale_by_rss(
       ``optax.ScaleByRssState`` (a :class:`ScaleByRssWithCountState` when ``eps`` is a
       schedule).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = scale_by_rss(initial_accumulator_value=0.0, eps=1e-12)
       >>> u, _ = tx.update(jnp.array([3.0, -4.0]), tx.init(jnp.zeros(2)))
@@ -197,7 +197,7 @@ def scale_by_stddev(
       ``optax.ScaleByRStdDevState`` (a :class:`ScaleByRStdDevWithCountState` with
       ``bias_correction`` or a schedule).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = scale_by_stddev(decay=0.5, eps=1e-12)
       >>> u, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))
@@ -236,7 +236,7 @@ def scale_by_rms(
       ``optax.ScaleByRmsState`` (a :class:`ScaleByRmsWithCountState` with ``bias_correction``
       or a schedule; :func:`scale_by_stddev`'s when centered).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = scale_by_rms(decay=0.0, eps=1e-12)
       >>> u, _ = tx.update(jnp.array([2.0, -0.5]), tx.init(jnp.zeros(2)))
@@ -329,7 +329,7 @@ def scale_by_adam(
       An ``optax.GradientTransformationExtraArgs`` whose state is an
       ``optax.ScaleByAdamState(count, mu, nu)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = scale_by_adam()
       >>> u, _ = tx.update(jnp.array([0.3, -2.0]), tx.init(jnp.zeros(2)))

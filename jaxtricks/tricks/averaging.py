@@ -102,7 +102,7 @@ def ema_params(decay: Any, *, debias: bool = True) -> ParamAveraging:
     Returns:
       A :class:`ParamAveraging` whose state is an :class:`EmaParamsState`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> ema = ema_params(0.5)
       >>> state = ema.init(jnp.zeros(1))
@@ -152,7 +152,7 @@ def swa_params(start: int = 1, every: int = 1) -> ParamAveraging:
     Returns:
       A :class:`ParamAveraging` whose state is a :class:`SwaParamsState`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> swa = swa_params(start=2, every=2)
       >>> state = swa.init(jnp.zeros(1))
@@ -199,7 +199,7 @@ def polyak_params() -> ParamAveraging:
     Returns:
       A :class:`ParamAveraging` whose state is a :class:`SwaParamsState`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> polyak = polyak_params()
       >>> state = polyak.init(jnp.zeros(1))

@@ -49,7 +49,7 @@ def clip(max_delta: Any) -> optax.GradientTransformationExtraArgs:
       An ``optax.GradientTransformationExtraArgs``; its state is ``optax.EmptyState()``, or
       ``optax.ScaleByScheduleState(count)`` when θ is a schedule.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = clip(1.0)
       >>> u, _ = tx.update(jnp.array([-3.0, 0.5, 2.0]), tx.init(None))
@@ -83,7 +83,7 @@ def clip_by_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
       An ``optax.GradientTransformationExtraArgs``; its state is ``optax.EmptyState()``, or
       ``optax.ScaleByScheduleState(count)`` when θ is a schedule.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = clip_by_norm(1.0)
       >>> u, _ = tx.update({"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.5])}, tx.init(None))
@@ -117,7 +117,7 @@ def clip_by_global_norm(max_norm: Any) -> optax.GradientTransformationExtraArgs:
       An ``optax.GradientTransformationExtraArgs``; its state is ``optax.EmptyState()``, or
       ``optax.ScaleByScheduleState(count)`` when θ is a schedule.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = clip_by_global_norm(1.0)
       >>> u, _ = tx.update({"a": jnp.array([3.0]), "b": jnp.array([4.0])}, tx.init(None))

@@ -173,7 +173,7 @@ def gradient_health(
       An ``optax.GradientTransformationExtraArgs`` whose state is a
       :class:`GradientHealthState` holding the values of the last ``update``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax
       >>> params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
       >>> tx = optax.chain(gradient_health(), optax.sgd(0.1))
@@ -251,7 +251,7 @@ def update_health(*, depth: int | None = None) -> optax.GradientTransformationEx
       An ``optax.GradientTransformationExtraArgs`` whose state is an
       :class:`UpdateHealthState` holding the values of the last ``update``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax
       >>> params = {"w": jnp.array([3.0, 4.0])}
       >>> tx = optax.chain(optax.sgd(0.1), update_health())
@@ -309,7 +309,7 @@ def get_health(opt_state: Any, field: str) -> Any:
     Returns:
       The field's value: an array, a pytree like the parameters or a dict keyed by module.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax
       >>> tx = optax.chain(gradient_health(), optax.sgd(0.1))
       >>> state = tx.init({"w": jnp.ones(3)})

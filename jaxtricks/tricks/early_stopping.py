@@ -103,7 +103,7 @@ def early_stopping(
       the parameters (and statistics) only with ``restore_best``, in the structure given to
       ``init``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> stopper = early_stopping(patience=2)
       >>> state = stopper.init({"w": jnp.zeros(())})

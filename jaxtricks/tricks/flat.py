@@ -11,9 +11,8 @@ single vector, and an elementwise transform does the same arithmetic on that vec
 
 A leaf larger than ``max_leaf_size`` elements (default 2¹⁶) is left whole as a buffer of its
 own: its per-leaf overhead is small next to its memory traffic, and copying it into a
-buffer every step would only add traffic (everything concatenated made a ResNet-50 Adam
-step 2.3x slower than Optax's: ``python -m benchmarks.optimizer_step --trees resnet50
---optimizers adam --implementations optax,jaxtricks_flat_all``).
+buffer every step would only add traffic (concatenating every leaf made a ResNet-50 Adam step
+slower than Optax's; see docs/benchmarks.md#optimizer-step-against-optax).
 
 Two ways to use it, neither of which changes the transform API:
 
@@ -283,7 +282,7 @@ def flatten_by_dtype(
       An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`FlatState`;
       extra keyword arguments of ``update`` are passed to ``inner`` unchanged.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jaxtricks.tricks.optimizers import adam
       >>> params = {"w": jnp.ones((2, 3)), "b": jnp.zeros(3), "h": jnp.ones(2, jnp.bfloat16)}
@@ -339,7 +338,7 @@ def flat_params(
       function mapping any dict of buffers with the same names and shapes (parameters,
       gradients, moments) to a tree shaped like ``params``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> from jaxtricks.tricks.optimizers import sgd
       >>> params = {"w": jnp.ones((2, 2)), "b": jnp.zeros(2)}

@@ -291,7 +291,7 @@ def variance_scaling(
         ``ValueError`` naming the shape when an axis does not exist in it, e.g. for a rank-1
         shape with the default axes.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> init = initializers.variance_scaling(2.0, "fan_in", "uniform")
@@ -365,7 +365,7 @@ def lecun_normal(
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.lecun_normal()(jax.random.key(0), (784, 512))
@@ -394,7 +394,7 @@ def lecun_uniform(
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.lecun_uniform()(jax.random.key(0), (784, 512))
@@ -426,7 +426,7 @@ def glorot_normal(
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.glorot_normal()(jax.random.key(0), (784, 512))
@@ -456,7 +456,7 @@ def glorot_normal_untruncated(
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.glorot_normal_untruncated()(jax.random.key(0), (784, 512))
@@ -487,7 +487,7 @@ def glorot_uniform(
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.glorot_uniform()(jax.random.key(0), (784, 512))
@@ -530,7 +530,7 @@ def he_normal(
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.he_normal()(jax.random.key(0), (784, 512))
@@ -564,7 +564,7 @@ def he_normal_untruncated(
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.he_normal_untruncated()(jax.random.key(0), (784, 512))
@@ -600,7 +600,7 @@ def he_uniform(
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.he_uniform()(jax.random.key(0), (784, 512))
@@ -638,7 +638,7 @@ def gaussian(
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.gaussian()(jax.random.key(0), (256, 10))
@@ -686,7 +686,7 @@ def normal(stddev: float = 1e-2, dtype: DTypeLike | None = None) -> Initializer:
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.normal()(jax.random.key(0), (784, 512))
@@ -712,7 +712,7 @@ def unscaled_normal(stddev: float = 1.0, dtype: DTypeLike | None = None) -> Init
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.unscaled_normal()(jax.random.key(0), (784, 512))
@@ -743,7 +743,7 @@ def truncated_normal(
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.truncated_normal(1.0)(jax.random.key(0), (784, 512))
@@ -772,7 +772,7 @@ def uniform(scale: float = 1e-2, dtype: DTypeLike | None = None) -> Initializer:
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.uniform()(jax.random.key(0), (784, 512))
@@ -797,7 +797,7 @@ def symmetric_uniform(scale: float = 0.05, dtype: DTypeLike | None = None) -> In
     Returns:
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.symmetric_uniform(0.05)(jax.random.key(0), (784, 512))
@@ -854,7 +854,7 @@ def orthogonal(
         ``init(key, shape, dtype=dtype, out_sharding=None) -> Array`` for shapes of rank
         >= 2; it raises ``ValueError`` naming the shape otherwise.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> from jaxtricks.tricks import initializers
         >>> w = initializers.orthogonal(2.0)(jax.random.key(0), (3, 3, 16, 32))  # 144 × 32
@@ -930,7 +930,7 @@ def get(name: str, **kwargs: Any) -> Initializer:
     Returns:
         ``init(key, shape, dtype) -> Array``.
 
-    Example:
+    Examples:
         >>> import jax
         >>> from jaxtricks.tricks import initializers
         >>> init = initializers.get("He_Normal", negative_slope=0.2)

@@ -31,7 +31,7 @@ def scale_by_learning_rate(
       An ``optax.GradientTransformationExtraArgs``. Its state is ``optax.EmptyState()`` for
       a constant η or ``None``, and ``optax.ScaleByScheduleState(count)`` for a schedule.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = scale_by_learning_rate(0.5)
       >>> u, _ = tx.update(jnp.array([2.0]), tx.init(jnp.zeros(1)))

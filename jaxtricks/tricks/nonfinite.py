@@ -47,7 +47,7 @@ def apply_if_finite(
       inner_state)``: non-finite gradients in a row, whether the last one was finite, all
       non-finite gradients so far, and the inner state.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> import optax
       >>> tx = apply_if_finite(optax.sgd(0.1), max_consecutive_errors=2)
@@ -104,7 +104,7 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     Returns:
       :func:`apply_if_finite`'s transform; ``state.total_notfinite`` counts the skipped steps.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> import optax
       >>> tx = skip_nonfinite(optax.sgd(0.1))

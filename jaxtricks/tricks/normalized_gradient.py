@@ -39,7 +39,7 @@ def normalize_by_update_norm(
       An ``optax.GradientTransformationExtraArgs``; its state is ``optax.EmptyState()``, or
       ``optax.ScaleByScheduleState(count)`` when a hyperparameter is a schedule.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = normalize_by_update_norm(scale_factor=-2.0, eps=1e-12)
       >>> u, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(None))
@@ -81,7 +81,7 @@ def normalize_by_global_norm(eps: Any = 1e-6) -> optax.GradientTransformationExt
     Returns:
       :func:`normalize_by_update_norm`'s transform.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = normalize_by_global_norm(eps=1e-12)
       >>> u, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(None))

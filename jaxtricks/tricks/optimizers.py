@@ -63,7 +63,7 @@ def sgd(
       An ``optax.GradientTransformationExtraArgs``, the chain ``(trace or identity,
       scale_by_learning_rate)`` with Optax's state.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax
       >>> tx = sgd(0.1, momentum=0.9, nesterov=True)
       >>> w = jnp.array([1.0])
@@ -103,7 +103,7 @@ def momentum(
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = momentum(0.1, 0.9, form="lesson")
       >>> u, _ = tx.update(jnp.array([1.0]), tx.init(jnp.zeros(1)))
@@ -135,7 +135,7 @@ def nesterov(
     Returns:
       An ``optax.GradientTransformationExtraArgs``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = nesterov(0.1, 0.5)
       >>> u, _ = tx.update(jnp.array([1.0]), tx.init(jnp.zeros(1)))
@@ -162,7 +162,7 @@ def adagrad(
       An ``optax.GradientTransformationExtraArgs``, the chain ``(scale_by_rss,
       scale_by_learning_rate)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = adagrad(1.0, initial_accumulator_value=0.0, eps=1e-12)
       >>> u, _ = tx.update(jnp.array([4.0]), tx.init(jnp.zeros(1)))
@@ -205,7 +205,7 @@ def rmsprop(
       An ``optax.GradientTransformationExtraArgs``, the chain ``(scale_by_rms or
       scale_by_stddev, scale_by_learning_rate, trace or identity)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = rmsprop(0.01, momentum=0.9)
       >>> state = tx.init({"w": jnp.zeros(3)})
@@ -248,7 +248,7 @@ def adam(
       An ``optax.GradientTransformationExtraArgs``, the chain ``(scale_by_adam,
       scale_by_learning_rate)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = adam(0.1)
       >>> u, _ = tx.update(jnp.array([5.0]), tx.init(jnp.zeros(1)))
@@ -292,7 +292,7 @@ def adamw(
       An ``optax.GradientTransformationExtraArgs``, the chain ``(scale_by_adam,
       add_decayed_weights, scale_by_learning_rate)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = adamw(0.1, weight_decay=0.0)
       >>> w = jnp.ones(1)
@@ -320,7 +320,7 @@ def normalized_sgd(
       An ``optax.GradientTransformationExtraArgs``, the chain
       ``(normalize_by_update_norm, scale_by_learning_rate)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = normalized_sgd(0.5, eps=1e-12)
       >>> u, _ = tx.update(jnp.array([30.0, 40.0]), tx.init(jnp.zeros(2)))
@@ -345,7 +345,7 @@ OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
 def get(name: str, learning_rate: Any, **kwargs: Any) -> optax.GradientTransformation:
     """The optimizer called ``name`` (see :data:`OPTIMIZERS`), built with ``kwargs``.
 
-    Example:
+    Examples:
       >>> tx = get("adam", 1e-3, b1=0.7)
     """
     check_choice("name", name, OPTIMIZERS)

@@ -90,7 +90,7 @@ def epoch_plateau(
       An :class:`EpochPlateau` with ``init() -> PlateauState`` and
       ``update(state, metric) -> PlateauState``, both pure (``jit`` and ``lax.scan`` work).
 
-    Example:
+    Examples:
       >>> plateau = epoch_plateau(factor=0.5, patience=2)
       >>> state = plateau.init()
       >>> for loss in [1.0, 1.0, 1.0, 0.5, 0.7, 0.6]:
@@ -151,7 +151,7 @@ def scale_by_plateau(plateau: EpochPlateau) -> optax.GradientTransformationExtra
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`PlateauState`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax
       >>> plateau = epoch_plateau(factor=0.5, patience=1)
       >>> tx = optax.chain(optax.sgd(1.0), scale_by_plateau(plateau))
@@ -186,7 +186,7 @@ def _is_plateau_state(node: Any) -> bool:
 def plateau_states(opt_state: Any) -> list[PlateauState]:
     """Every :class:`PlateauState` inside an optimizer state, in tree order.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax
       >>> tx = optax.chain(optax.sgd(0.1), scale_by_plateau(epoch_plateau()))
       >>> [float(s.scale) for s in plateau_states(tx.init(jnp.zeros(1)))]
@@ -213,7 +213,7 @@ def update_plateau(opt_state: Any, plateau: EpochPlateau, metric: Any) -> Any:
     Raises:
       ValueError: when ``opt_state`` holds no :class:`PlateauState`.
 
-    Example:
+    Examples:
       See :func:`scale_by_plateau`.
     """
     if not plateau_states(opt_state):
@@ -260,7 +260,7 @@ def reduce_on_plateau(
       ``optax.contrib.ReduceLROnPlateauState(scale, best_value, plateau_count,
       cooldown_count, count, avg_value)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = reduce_on_plateau(factor=0.5, patience=2)
       >>> state = tx.init(jnp.zeros(1))

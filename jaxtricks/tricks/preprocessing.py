@@ -91,7 +91,7 @@ def scale_to_unit(x: ArrayLike, *, max_value: float = 255.0) -> Any:
       ``x / max_value`` as float32 (float64 for float64 input under x64), NumPy for NumPy
       input and JAX otherwise.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> print(scale_to_unit(np.array([0, 51, 255], dtype=np.uint8)))
       [0.  0.2 1. ]
@@ -121,7 +121,7 @@ def fit_min_max(
     Returns:
       A :class:`MinMaxStats` for :func:`apply_min_max`.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> stats = fit_min_max(np.array([[0.0, 10.0], [5.0, 20.0]]), feature_range=(-1.0, 1.0))
       >>> float(stats.data_min), float(stats.data_max)
@@ -161,7 +161,7 @@ def apply_min_max(x: ArrayLike, stats: MinMaxStats) -> Any:
       The scaled array, float32 (float64 for float64 input under x64), NumPy for NumPy input
       and JAX otherwise.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> stats = fit_min_max(np.array([0.0, 10.0]))
       >>> apply_min_max(np.array([5.0, 20.0]), stats).tolist()
@@ -192,7 +192,7 @@ def fit_standardization(
     Returns:
       A :class:`StandardStats` for :func:`standardize`.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> stats = fit_standardization(np.array([1.0, 3.0]))
       >>> float(stats.mean), float(stats.std)
@@ -222,7 +222,7 @@ def standardize(x: ArrayLike, stats: StandardStats) -> Any:
       The standardized array, float32 (float64 for float64 input under x64), NumPy for NumPy
       input and JAX otherwise.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> stats = fit_standardization(np.array([1.0, 3.0]))
       >>> standardize(np.array([1.0, 3.0, 7.0]), stats).tolist()

@@ -73,7 +73,7 @@ def constant_schedule(value: ArrayLike) -> Callable[[ArrayLike], ArrayLike]:
     Returns:
       A schedule ``count -> value``.
 
-    Example:
+    Examples:
       >>> schedule = constant_schedule(0.1)
       >>> print(schedule(0), schedule(10_000))
       0.1 0.1
@@ -111,7 +111,7 @@ def exponential_decay(
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
-    Example:
+    Examples:
       >>> schedule = exponential_decay(1.0, 10, 0.5, staircase=True)
       >>> print(schedule(9), schedule(10), schedule(25))
       1.0 0.5 0.25
@@ -158,7 +158,7 @@ def per_epoch_decay(
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
-    Example:
+    Examples:
       >>> schedule = per_epoch_decay(0.1, steps_per_epoch=100)
       >>> print(f"{schedule(99):.6f} {schedule(100):.6f} {schedule(250):.6f}")
       0.100000 0.098000 0.096040
@@ -182,7 +182,7 @@ def step_decay(init_value: ArrayLike, step_size: int, gamma: ArrayLike = 0.1) ->
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
-    Example:
+    Examples:
       >>> schedule = step_decay(1.0, step_size=30, gamma=0.5)
       >>> print(schedule(29), schedule(30), schedule(60))
       1.0 0.5 0.25
@@ -214,7 +214,7 @@ def cosine_decay_schedule(
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
-    Example:
+    Examples:
       >>> schedule = cosine_decay_schedule(1.0, decay_steps=100, alpha=0.1)
       >>> print(f"{schedule(0):.2f} {schedule(50):.2f} {schedule(100):.2f} {schedule(500):.2f}")
       1.00 0.55 0.10 0.10
@@ -244,7 +244,7 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
     Returns:
       A schedule ``count -> value``.
 
-    Example:
+    Examples:
       >>> schedule = join_schedules([constant_schedule(1.0), exponential_decay(1.0, 1, 0.5)], [10])
       >>> print(schedule(9), schedule(10), schedule(12))
       1.0 1.0 0.25
@@ -300,7 +300,7 @@ def warmup_cosine_decay_schedule(
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
-    Example:
+    Examples:
       >>> schedule = warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=10, decay_steps=110)
       >>> print(f"{schedule(5):.2f} {schedule(10):.2f} {schedule(60):.2f} {schedule(110):.2f}")
       0.50 1.00 0.50 0.00
@@ -340,7 +340,7 @@ def piecewise_constant_schedule(
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
-    Example:
+    Examples:
       >>> schedule = piecewise_constant_schedule(1.0, {100: 0.5, 200: 0.5})
       >>> print(schedule(99), schedule(100), schedule(200))
       1.0 0.5 0.25
@@ -389,7 +389,7 @@ def cosine_onecycle_schedule(
     Returns:
       A schedule ``count -> value`` returning a float32 scalar array.
 
-    Example:
+    Examples:
       >>> schedule = cosine_onecycle_schedule(100, peak_value=1.0, pct_start=0.25, div_factor=10.0)
       >>> print(f"{schedule(0):.2f} {schedule(25):.2f} {schedule(100):.6f}")
       0.10 1.00 0.000010

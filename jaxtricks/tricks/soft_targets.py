@@ -20,7 +20,7 @@ targets: with λ ~ Beta(α, α) drawn once per batch and π a random permutation
 ``batch_transform``; the default loss and accuracy of :mod:`jaxtricks.training.steps` take its
 soft targets (the accuracy against their argmax).
 
-Example:
+Examples:
     >>> import jax, jax.numpy as jnp
     >>> x, y = jnp.eye(4), jnp.arange(4)
     >>> mixed_x, targets = mixup(0.4, num_classes=4)(jax.random.key(0), (x, y))
@@ -77,7 +77,7 @@ def smoothed_cross_entropy(alpha: float) -> Callable[[jax.Array, jax.Array], jax
         labels ``(B,)`` or soft targets ``(B, C)``. Equal ``alpha`` gives the same function,
         so compiled training steps built with it are reused.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> loss_fn = smoothed_cross_entropy(0.1)
         >>> confident = jnp.array([[20.0, 0.0, 0.0]])
@@ -121,7 +121,7 @@ def mixup(alpha: float, num_classes: int) -> Callable[[jax.Array, tuple[Any, Any
         ``transform(key, (x, y)) -> (x̃, p̃)`` with p̃ float32 of shape ``(B, C)``; pass it as
         ``fit(..., batch_transform=mixup(...))``. Equal arguments give the same function.
 
-    Example:
+    Examples:
         >>> import jax, jax.numpy as jnp
         >>> x, y = jnp.array([[0.0], [1.0]]), jnp.array([0, 1])
         >>> mixed_x, targets = mixup(1.0, num_classes=2)(jax.random.key(3), (x, y))

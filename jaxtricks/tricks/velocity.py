@@ -68,7 +68,7 @@ def trace(
       ``optax.TraceState(trace)`` (a :class:`TraceWithCountState` when ``decay`` is a
       schedule).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = trace(0.5)
       >>> state = tx.init(jnp.zeros(2))
@@ -132,7 +132,7 @@ def scale_by_momentum(
     Returns:
       :func:`trace`'s transform.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = scale_by_momentum(0.5, nesterov=True)
       >>> u, _ = tx.update(jnp.ones(1), tx.init(jnp.zeros(1)))
@@ -165,7 +165,7 @@ def scale_by_velocity(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a :class:`VelocityState`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = scale_by_velocity(learning_rate=0.1, momentum=0.5)
       >>> state = tx.init(jnp.zeros(1))

@@ -51,7 +51,7 @@ def add_decayed_weights(
       state is ``optax.EmptyState()``, or :class:`WeightDecaySchedule` for a scheduled λ
       (inside ``optax.MaskedState`` with a mask), as in Optax.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = add_decayed_weights(0.1)
       >>> w = jnp.array([2.0])
@@ -97,7 +97,7 @@ def add_l2_penalty(
     Returns:
       :func:`add_decayed_weights`'s transform; it needs ``params`` in ``update``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> import optax
       >>> from jaxtricks.tricks.adaptive import scale_by_adam

@@ -93,7 +93,7 @@ def compare(result: dict[str, Any], reference: float) -> dict[str, Any]:
     log₁₀, its ratio to the reference and whether that ratio is within [1/3, 3] (1 or 0; None
     when there is no suggestion).
 
-    Example:
+    Examples:
         >>> final = compare({"suggestion_steepest": 3e-3, "suggestion_min_over_10": 1e-2}, 1e-3)
         >>> round(final["ratio_steepest"], 6), final["within_3x_steepest"]
         (3.0, 1)

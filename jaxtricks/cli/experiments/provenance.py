@@ -65,7 +65,7 @@ def _imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
 def imported_modules(module: str) -> list[str]:
     """``module`` and every jaxtricks module it imports, directly or not, sorted.
 
-    Example:
+    Examples:
         >>> "jaxtricks.training.steps" in imported_modules("jaxtricks.training.fit")
         True
     """
@@ -132,7 +132,7 @@ def module_digest(source: str) -> str:
     r"""SHA-256 of a module's syntax tree, with docstrings, annotations, ``typing.cast`` and
     ``if TYPE_CHECKING:`` blocks left out: equal digests mean code that does the same.
 
-    Example:
+    Examples:
         >>> annotated = 'def f(x: int) -> int:\n    "Doc."\n    return x  # why\n'
         >>> module_digest(annotated) == module_digest("def f(x):\n    return x\n")
         True
@@ -158,7 +158,7 @@ def code_fingerprint(module: str) -> str:
     """SHA-256 of the code of ``module`` and every jaxtricks module it imports: one digest of
     their :func:`module_digest` values.
 
-    Example:
+    Examples:
         >>> len(code_fingerprint("jaxtricks.tricks.checks"))
         64
     """

@@ -85,8 +85,9 @@ def imported_modules(module: str) -> list[str]:
 
 
 class _Normalize(ast.NodeTransformer):
-    """Drops what does not change what the code does: docstrings, type annotations,
-    ``typing.cast`` wrappers and ``if TYPE_CHECKING:`` blocks (comments are not in the tree)."""
+    """Drops what does not change what the code does: docstrings, type annotations, imports
+    from ``typing``, ``typing.cast`` wrappers and ``if TYPE_CHECKING:`` blocks (comments are
+    not in the tree)."""
 
     def generic_visit(self, node: ast.AST) -> ast.AST:
         node = super().generic_visit(node)
@@ -118,6 +119,9 @@ class _Normalize(ast.NodeTransformer):
             return self.visit(node.args[1])
         return self.generic_visit(node)
 
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST:
+        return ast.Pass() if node.module == "typing" else node
+
     def visit_If(self, node: ast.If) -> ast.AST:
         test = node.test
         if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
@@ -129,8 +133,9 @@ class _Normalize(ast.NodeTransformer):
 
 
 def module_digest(source: str) -> str:
-    r"""SHA-256 of a module's syntax tree, with docstrings, annotations, ``typing.cast`` and
-    ``if TYPE_CHECKING:`` blocks left out: equal digests mean code that does the same.
+    r"""SHA-256 of a module's syntax tree, with docstrings, annotations, imports from
+    ``typing``, ``typing.cast`` and ``if TYPE_CHECKING:`` blocks left out: equal digests mean
+    code that does the same.
 
     Examples:
         >>> annotated = 'def f(x: int) -> int:\n    "Doc."\n    return x  # why\n'

@@ -575,10 +575,11 @@ def _train(args: argparse.Namespace) -> int:
             keep=3 if args.keep_checkpoints is None else args.keep_checkpoints,
             resume=args.resume,
         ))
+        assert arguments_path is not None  # prepare_output gives one when checkpoints are wanted
         hooks.append(SaveArguments(args, arguments_path))
     # fp32 casts nothing (the data are float32): None, as runs before --precision existed.
     precision = None if args.precision == "fp32" else args.precision
-    objective = {}
+    objective: dict[str, Any] = {}
     if args.label_smoothing:
         objective = {"loss_fn": smoothed_cross_entropy(args.label_smoothing),
                      "metrics": {"accuracy": accuracy}}

@@ -79,14 +79,13 @@ def run_layers(
         calls.append(LayerCall(tuple(context.module.path), inputs, outputs))
         return outputs
 
-    options = {} if rngs is None else {"rngs": rngs}
     with nn.intercept_methods(interceptor):
         if train:
             logits, _ = model.apply(
-                variables, x, train=True, mutable=["batch_stats"], **options
+                variables, x, train=True, rngs=rngs, mutable=["batch_stats"]
             )
         else:
-            logits = model.apply(variables, x, train=False, **options)
+            logits = model.apply(variables, x, train=False, rngs=rngs)
     return logits, calls
 
 

@@ -152,7 +152,8 @@ class CheckpointManager:
         if not isinstance(metadata, dict):
             raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
         paths_leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-        leaves, impls = [], []
+        leaves: list[jax.Array | np.ndarray] = []
+        impls: list[str | None] = []
         for path, leaf in paths_leaves:
             if not isinstance(leaf, jax.Array | np.ndarray):
                 raise ValueError(
@@ -427,6 +428,12 @@ def _check_count(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
+def _saved_state(hook: Hook) -> tuple[Any, dict[str, Any]]:
+    state = hook.checkpoint_state()
+    assert state is not None  # CheckpointHook._stateful_hooks keeps only hooks with a state
+    return state
+
+
 class CheckpointHook(Hook):
     """Saves a run's checkpoints and resumes it from the newest good one.
 
@@ -483,7 +490,7 @@ class CheckpointHook(Hook):
 
     def _tree(self, run: Run, totals: Any) -> tuple[Any, Any, dict[str, Any]]:
         hooks = self._stateful_hooks(run)
-        arrays = {name: hook.checkpoint_state()[0] for name, hook in hooks.items()}
+        arrays = {name: _saved_state(hook)[0] for name, hook in hooks.items()}
         return run.state, totals, arrays
 
     def on_train_begin(self, run: Run) -> None:
@@ -566,6 +573,6 @@ class CheckpointHook(Hook):
                 "epochs": run.last_epoch - run.first_epoch,
                 "config": run.config,
                 "history": [record.to_dict() for record in run.history.epochs],
-                "hooks": {name: hook.checkpoint_state()[1] for name, hook in hooks.items()},
+                "hooks": {name: _saved_state(hook)[1] for name, hook in hooks.items()},
             },
         )

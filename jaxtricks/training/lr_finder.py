@@ -193,7 +193,10 @@ def _sweep_step(train_step, carry: _Sweep, data, indices, learning_rates, smooth
     # Once stopped, the steps until the host looks again record nothing; the state they train
     # is never read.
     running = carry.stop == 0
-    keep = functools.partial(jnp.where, running)
+
+    def keep(new: jax.Array, old: jax.Array) -> jax.Array:
+        return jnp.where(running, new, old)
+
     return _Sweep(
         state=state,
         step=keep(i + 1, i),

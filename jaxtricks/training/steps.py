@@ -456,7 +456,8 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
         values["skipped"] = skipped
         if scaled:
             values["overflow"] = overflow.astype(jnp.int32)
-            values["loss_scale"] = loss_scale.scale.astype(jnp.float32)
+            # Flax types DynamicScale.scale as a float; in the state it is an array.
+            values["loss_scale"] = jnp.asarray(loss_scale.scale, jnp.float32)
         return constrain_state(new), values
 
     return jax.jit(train_step, donate_argnums=0 if donate else ())

@@ -110,6 +110,7 @@ def _memory(model: CNN, optimizer: Any, name: str, batch: tuple[Any, Any]) -> di
         if hasattr(leaf, "nbytes"):
             by_dtype[str(leaf.dtype)] += int(leaf.nbytes)
     step = make_train_step(model, optimizer, precision=policy, donate=False)
+    assert isinstance(step, jax.stages.Wrapped)  # make_train_step's step is a jax.jit function
     analysis = step.lower(state, batch).compile().memory_analysis()
     return {
         "param_bytes": _nbytes(state.params),

@@ -38,7 +38,7 @@ def _source(module: str) -> pathlib.Path | None:
 
 def _imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
     """The jaxtricks modules a module's syntax tree imports, anywhere in it."""
-    found = set()
+    found: set[str] = set()
     package = module if is_package else module.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -97,6 +97,7 @@ def code_fingerprint(module: str) -> str:
     digest = hashlib.sha256()
     for name in imported_modules(module):
         path = _source(name)
+        assert path is not None  # imported_modules keeps only names that have a file
         tree = _without_docstrings(ast.parse(path.read_text(encoding="utf-8")))
         digest.update(name.encode())
         digest.update(ast.dump(tree, include_attributes=False).encode())

@@ -137,7 +137,8 @@ class History:
 
     def __getitem__(self, name: str) -> list[float] | list[float | None]:
         """``history["val_loss"]``: a metric's value at every epoch (NaN where missing), as
-        Keras' ``history.history[name]``; ``history["learning_rate"]`` too."""
+        Keras' ``history.history[name]``; ``history["learning_rate"]`` too (None at epochs
+        whose optimizer state has no injected learning rate)."""
         if name == "learning_rate":
             return [record.learning_rate for record in self.epochs]
         if not any(name in record.metrics for record in self.epochs):

@@ -79,13 +79,14 @@ def run_layers(
         calls.append(LayerCall(tuple(context.module.path), inputs, outputs))
         return outputs
 
+    options: dict[str, Any] = {} if rngs is None else {"rngs": rngs}
     with nn.intercept_methods(interceptor):
         if train:
             logits, _ = model.apply(
-                variables, x, train=True, rngs=rngs, mutable=["batch_stats"]
+                variables, x, train=True, mutable=["batch_stats"], **options
             )
         else:
-            logits = model.apply(variables, x, train=False, rngs=rngs)
+            logits = model.apply(variables, x, train=False, **options)
     return logits, calls
 
 

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 __all__ = [
     "Checkpoint",
@@ -428,12 +428,6 @@ def _check_count(name: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def _saved_state(hook: Hook) -> tuple[Any, dict[str, Any]]:
-    state = hook.checkpoint_state()
-    assert state is not None  # CheckpointHook._stateful_hooks keeps only hooks with a state
-    return state
-
-
 class CheckpointHook(Hook):
     """Saves a run's checkpoints and resumes it from the newest good one.
 
@@ -490,7 +484,9 @@ class CheckpointHook(Hook):
 
     def _tree(self, run: Run, totals: Any) -> tuple[Any, Any, dict[str, Any]]:
         hooks = self._stateful_hooks(run)
-        arrays = {name: _saved_state(hook)[0] for name, hook in hooks.items()}
+        # _stateful_hooks keeps only hooks whose checkpoint_state is not None.
+        arrays = {name: cast(tuple[Any, Any], hook.checkpoint_state())[0]
+                  for name, hook in hooks.items()}
         return run.state, totals, arrays
 
     def on_train_begin(self, run: Run) -> None:
@@ -573,6 +569,7 @@ class CheckpointHook(Hook):
                 "epochs": run.last_epoch - run.first_epoch,
                 "config": run.config,
                 "history": [record.to_dict() for record in run.history.epochs],
-                "hooks": {name: _saved_state(hook)[1] for name, hook in hooks.items()},
+                "hooks": {name: cast(tuple[Any, Any], hook.checkpoint_state())[1]
+                          for name, hook in hooks.items()},
             },
         )

@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import shlex
 import statistics
+import sys
 import time
 
-import jax
 import numpy as np
 
 import jaxtricks as jt
 from jaxtricks.backend import configure_host_allocator, configure_xla_cpu
+from jaxtricks.cli.experiments.common import machine
+from jaxtricks.cli.experiments.provenance import provenance
 from jaxtricks.cli.plots import pyplot, save_figure
 from jaxtricks.data import load
 from jaxtricks.files import write_json
@@ -113,6 +115,7 @@ def summary(values: list[float]) -> dict[str, float]:
         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
         "min": min(values),
         "max": max(values),
+        "n": len(values),
     }
 
 
@@ -161,29 +164,57 @@ def main(argv: list[str] | None = None) -> dict:
     train_examples, epochs, averaging_epochs = (2000, 2, 2) if args.quick else (None, 5, 12)
     data = mnist(train_examples)
     ensemble = ensembles(data, epochs=epochs, base_seeds=[0, 100], members=5)
-    averaging = averaged_runs(
-        data, epochs=averaging_epochs, seeds=[0, 1] if args.quick else [0, 1, 2],
-        swa_start=1 if args.quick else 6,
-    )
+    seeds = [0, 1] if args.quick else [0, 1, 2]
+    averaging = averaged_runs(data, epochs=averaging_epochs, seeds=seeds,
+                              swa_start=1 if args.quick else 6)
+    gains = [r["ensemble_test_accuracy"] - r["best_member_test_accuracy"] for r in ensemble]
+    averaging_final = {
+        name: {
+            "raw_test_accuracy": summary([r["raw_test_accuracy"][-1] for r in runs]),
+            "averaged_test_accuracy": summary([r["averaged_test_accuracy"][-1] for r in runs]),
+            "gain_accuracy": summary([r["averaged_test_accuracy"][-1]
+                                      - r["raw_test_accuracy"][-1] for r in runs]),
+        }
+        for name, runs in averaging.items()
+    }
+    ensemble_final = {
+        "ensemble_test_accuracy": summary([r["ensemble_test_accuracy"] for r in ensemble]),
+        "best_member_test_accuracy": summary([r["best_member_test_accuracy"]
+                                              for r in ensemble]),
+        "mean_member_test_accuracy": summary([r["mean_member_test_accuracy"]
+                                              for r in ensemble]),
+        "gain_accuracy": summary(gains),
+    }
     results = {
+        "experiment": "model_averaging",
+        "claim": "L5: model averaging — an ensemble beats its members, averaged weights (EMA, "
+                 "SWA) beat the raw ones",
+        "mode": "quick" if args.quick else "full",
+        "command": shlex.join(["python", "examples/model_averaging.py", *sys.argv[1:]]),
+        "config": {"train_examples": train_examples, "ensemble_epochs": epochs, "members": 5,
+                   "ensemble_base_seeds": [0, 100], "averaging_epochs": averaging_epochs,
+                   "ema_decay_per_epoch": 0.5, "swa_start": 1 if args.quick else 6},
+        "seeds": seeds,
+        "summary": {
+            "ensemble (base seeds 0 and 100)": {"final": ensemble_final},
+            **{f"{name} (seeds {', '.join(map(str, seeds))})": {"final": final}
+               for name, final in averaging_final.items()},
+        },
+        "headline": [
+            f"ensemble, base seed {r['base_seed']}: {r['ensemble_test_accuracy']:.4f} against "
+            f"members {', '.join(f'{a:.4f}' for a in r['member_test_accuracy'])}"
+            for r in ensemble
+        ],
         "quick": args.quick,
         "ensemble": ensemble,
-        "ensemble_gain": [r["ensemble_test_accuracy"] - r["best_member_test_accuracy"]
-                          for r in ensemble],
+        "ensemble_gain": gains,
         "averaging": averaging,
-        "averaging_final": {
-            name: {
-                "raw": summary([r["raw_test_accuracy"][-1] for r in runs]),
-                "averaged": summary([r["averaged_test_accuracy"][-1] for r in runs]),
-                "gain": summary([r["averaged_test_accuracy"][-1] - r["raw_test_accuracy"][-1]
-                                 for r in runs]),
-            }
-            for name, runs in averaging.items()
-        },
+        "averaging_final": averaging_final,
         "wall_time_s": time.perf_counter() - began,
         "cpu_time_s": time.process_time() - cpu_began,
-        "machine": {"backend": jax.default_backend(), "cpu_count": os.cpu_count(),
-                    "python": platform.python_version(), "jax": jax.__version__},
+        "machine": machine(),
+        "provenance": provenance("examples.model_averaging"),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(os.path.join(args.out, "results.json"), results, indent=2)
     plot(results, os.path.join(args.out, "figure.png"))
@@ -191,8 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"ensemble s={run['base_seed']}: members {run['member_test_accuracy']}, "
               f"ensemble {run['ensemble_test_accuracy']:.4f} ({gain:+.4f} over the best)")
     for name, final in results["averaging_final"].items():
-        print(f"{name}: raw {final['raw']['mean']:.4f} ± {final['raw']['std']:.4f}, averaged "
-              f"{final['averaged']['mean']:.4f} ± {final['averaged']['std']:.4f}")
+        raw, averaged = final["raw_test_accuracy"], final["averaged_test_accuracy"]
+        print(f"{name}: raw {raw['mean']:.4f} ± {raw['std']:.4f}, averaged "
+              f"{averaged['mean']:.4f} ± {averaged['std']:.4f}")
     return results
 
 

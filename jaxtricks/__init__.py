@@ -3,8 +3,9 @@
 ``import jaxtricks as jt`` gives every pure-JAX trick by name (initializers, gradient
 transformations, optimizers, schedules, input scaling) and the other layers as subpackages,
 imported when first used: ``jt.models`` (Flax models with batch norm and dropout), ``jt.data``
-(MNIST and Fashion-MNIST), ``jt.training`` (the training steps, hooks and ``fit``) and
-``jt.backend`` (per-backend speed paths and process settings).
+(MNIST and Fashion-MNIST), ``jt.training`` (the training steps, hooks and ``fit``),
+``jt.backend`` (per-backend speed paths and process settings) and ``jt.testing`` (checks and
+Hypothesis strategies for property tests of your own transforms).
 """
 
 import importlib
@@ -15,7 +16,7 @@ from jaxtricks.tricks import *  # noqa: F403 - tricks.__all__ lists every name e
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("backend", "data", "files", "models", "training")
+_SUBPACKAGES = ("backend", "data", "files", "models", "testing", "training")
 
 __all__ = [*tricks.__all__, *_SUBPACKAGES, "tricks"]
 

@@ -61,3 +61,22 @@ def test_model_averaging_quick_run_writes_its_results(tmp_path):
             assert len(run["raw_test_accuracy"]) == len(run["averaged_test_accuracy"]) == 2
             accuracies = run["raw_test_accuracy"] + run["averaged_test_accuracy"]
             assert all(0.5 < accuracy <= 1 for accuracy in accuracies)
+    # What docs/results.md is generated from: a claim, the seeds, a summary per condition.
+    assert results["experiment"] == "model_averaging" and results["mode"] == "quick"
+    assert results["claim"].startswith("L5") and results["seeds"] == [0, 1]
+    final = results["summary"]["ensemble (base seeds 0 and 100)"]["final"]
+    assert final["gain_accuracy"]["mean"] == pytest.approx(sum(results["ensemble_gain"]) / 2)
+    assert results["provenance"]["module"] == "examples.model_averaging"
+
+
+@pytest.mark.slow
+def test_the_property_test_example_passes_as_pytest_runs_it():
+    """examples/test_own_transform.py: each of its test functions runs and passes."""
+    path = EXAMPLES / "test_own_transform.py"
+    spec = importlib.util.spec_from_file_location("test_own_transform", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tests = [getattr(module, name) for name in sorted(vars(module)) if name.startswith("test_")]
+    assert len(tests) == 2
+    for test in tests:
+        test()

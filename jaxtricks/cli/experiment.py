@@ -16,29 +16,33 @@ import time
 from collections.abc import Sequence
 
 from jaxtricks.cli import experiments
-from jaxtricks.cli.experiments import common
+from jaxtricks.cli.experiments import common, report
 from jaxtricks.data import DatasetNotFoundError
+from jaxtricks.files import atomic_write
 
 DESCRIPTION = (
     "Run an experiment that measures one claim of the lesson on real MNIST/Fashion-MNIST, over "
     "several seeds; writes results.json and figure.png. Experiments: "
     + ", ".join(experiments.NAMES)
-    + "; 'all' runs every one."
+    + "; 'all' runs every one; 'report' writes docs/results.md from the results."
 )
 DEFAULT_OUT = os.path.join("results", "experiments")
+DEFAULT_REPORT = os.path.join("docs", "results.md")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``experiment`` arguments to ``parser``."""
-    parser.add_argument("name", choices=(*experiments.NAMES, "all"), metavar="NAME",
-                        help="the experiment: " + ", ".join(experiments.NAMES) + " or all")
+    parser.add_argument("name", choices=(*experiments.NAMES, "all", "report"), metavar="NAME",
+                        help="the experiment: " + ", ".join(experiments.NAMES)
+                             + ", all, or report (docs/results.md from results/)")
     parser.add_argument("--quick", action="store_true",
                         help="small subsets, few epochs and seeds: under a minute each")
     parser.add_argument("--seeds", type=_positive_int, default=None,
                         help="number of seeds (default: the experiment's config)")
     parser.add_argument("--out", default=None,
                         help=f"output folder (default: {DEFAULT_OUT}/NAME; with all, "
-                             "one subfolder per experiment)")
+                             f"one subfolder per experiment; with report, the file, default "
+                             f"{DEFAULT_REPORT})")
 
 
 def _positive_int(text: str) -> int:
@@ -52,7 +56,12 @@ def _positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Runs the chosen experiment(s); returns the exit status."""
+    """Runs the chosen experiment(s), or writes the report; returns the exit status."""
+    if args.name == "report":
+        path = args.out or DEFAULT_REPORT
+        atomic_write(path, report.render(report.load_results()))
+        common.log_to_stderr(f"wrote {path}")
+        return 0
     names = experiments.NAMES if args.name == "all" else (args.name,)
     command = ["python", "-m", "jaxtricks", "experiment", args.name]
     command += ["--quick"] * args.quick

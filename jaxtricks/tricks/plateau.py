@@ -281,8 +281,11 @@ def reduce_on_plateau(
     check_range("min_scale", min_scale, 0.0, 1.0)
 
     def init_fn(params):
-        low = optax.tree.dtype(params, "lowest")
-        high = optax.tree.dtype(params, "highest")
+        # Optax's choice of dtypes; it orders them with jnp.promote_types, which strict
+        # promotion refuses for mixed trees (float32 with bfloat16), though nothing is computed.
+        with jax.numpy_dtype_promotion("standard"):
+            low = optax.tree.dtype(params, "lowest")
+            high = optax.tree.dtype(params, "highest")
         return optax.contrib.ReduceLROnPlateauState(
             scale=jnp.ones((), low),
             best_value=jnp.asarray(jnp.inf, high),

@@ -1,21 +1,24 @@
 """Properties of every initializer in ``jaxtricks.tricks.initializers`` for random requests.
 
 For 2-D (dense) and 4-D (convolution) shapes, zero-size ones included, every float dtype
-(float64 under ``jax.enable_x64``) and random keys: the array has exactly the requested shape
-and dtype, is finite, and is a function of the key alone (the same key gives the same bits,
-another key other values).
+(float64 under ``jax.enable_x64``), complex64 (complex128 under x64) for the initializers that
+draw complex numbers, and random keys, ``jaxtricks.testing.check_initializer`` checks that the
+array has exactly the requested shape and dtype, is finite and is a function of the key alone
+(the same key gives the same bits, another key other values). Under ``jit`` it draws the same
+array, for one convolution shape (each initializer compiles once per dtype).
 """
 
-import chex
 import jax
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import DTYPES, FLOAT64
 
+from jaxtricks.testing import INITIALIZER_CHECKS, REAL_DTYPES, check_initializer
+from jaxtricks.testing.strategies import COMPLEX64, FLOAT64
 from jaxtricks.tricks import initializers
 
+COMPLEX128 = np.dtype(np.complex128)
 # Every name ``get`` knows, with its defaults (``variance_scaling`` has none: it is drawn
 # below), and the factories' options that change the draw.
 INITIALIZERS = {
@@ -28,6 +31,11 @@ INITIALIZERS = {
     "orthogonal_first_axis": initializers.orthogonal(2.0, column_axis=0),
 }
 CONSTANT = {"zeros", "ones"}
+# As JAX's, these draw real numbers only and refuse a complex dtype with a ValueError.
+REAL_ONLY = {
+    "symmetric_uniform", "truncated_normal", "truncated_normal_bounds", "uniform",
+    "uniform_scale",
+}
 NAMES = sorted(INITIALIZERS)
 
 # Dense (in, out) and convolution (h, w, in, out) kernels, zero-size ones among them. A menu,
@@ -35,28 +43,36 @@ NAMES = sorted(INITIALIZERS)
 SHAPES = st.sampled_from(
     [(1, 1), (5, 3), (2, 7), (0, 4), (3, 3, 2, 4), (1, 1, 6, 2), (2, 3, 1, 5), (3, 3, 0, 2)]
 )
-DTYPES_X64 = st.sampled_from((*DTYPES, FLOAT64))
+REAL_DTYPES_X64 = st.sampled_from((*REAL_DTYPES, FLOAT64))
+DTYPES_X64 = st.sampled_from((*REAL_DTYPES, FLOAT64, COMPLEX64, COMPLEX128))
 KEYS = st.integers(0, 2**32 - 1).map(jax.random.key)
+# Compiling is the cost of a "jit" check: it has a test of its own, on one shape.
+EAGER = [check for check in INITIALIZER_CHECKS if check != "jit"]
 
 
-def check_request(init, key, shape, dtype, *, random):
-    value = init(key, shape, dtype)
-    chex.assert_shape(value, shape)
-    chex.assert_type(value, dtype)
-    chex.assert_tree_all_finite(value)
-    chex.assert_trees_all_equal(init(key, shape, dtype), value)
-    # Four or more draws from another key: equal bits by chance are practically impossible.
-    if random and value.size >= 4:
-        other = init(jax.random.fold_in(key, 1), shape, dtype)
-        assert not np.array_equal(np.asarray(other), np.asarray(value))
+def wide(dtype):
+    """Whether the dtype exists only under ``jax.enable_x64``."""
+    return dtype in (FLOAT64, COMPLEX128)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-@given(key=KEYS, shape=SHAPES, dtype=DTYPES_X64)
-def test_draws_the_requested_shape_and_dtype_as_a_function_of_the_key(name, key, shape, dtype):
-    with jax.enable_x64(dtype == FLOAT64):
-        check_request(INITIALIZERS[name], key, shape, dtype, random=name not in CONSTANT)
+@given(key=KEYS, shape=SHAPES, data=st.data())
+def test_draws_the_requested_shape_and_dtype_as_a_function_of_the_key(name, key, shape, data):
+    dtype = data.draw(REAL_DTYPES_X64 if name in REAL_ONLY else DTYPES_X64)
+    with jax.enable_x64(wide(dtype)):
+        check_initializer(
+            INITIALIZERS[name], key, shape, dtype, random=name not in CONSTANT, checks=EAGER
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+@given(key=KEYS, data=st.data())
+def test_jit_draws_what_eager_draws(name, key, data):
+    dtype = data.draw(REAL_DTYPES_X64 if name in REAL_ONLY else DTYPES_X64)
+    with jax.enable_x64(wide(dtype)):
+        check_initializer(INITIALIZERS[name], key, (3, 3, 2, 4), dtype, checks=["jit"])
 
 
 @given(
@@ -70,6 +86,6 @@ def test_draws_the_requested_shape_and_dtype_as_a_function_of_the_key(name, key,
 def test_variance_scaling_draws_the_requested_shape_and_dtype(
     scale, mode, distribution, key, shape, dtype
 ):
-    with jax.enable_x64(dtype == FLOAT64):
+    with jax.enable_x64(wide(dtype)):
         init = initializers.variance_scaling(scale, mode, distribution)
-        check_request(init, key, shape, dtype, random=True)
+        check_initializer(init, key, shape, dtype, checks=EAGER)

@@ -1,15 +1,21 @@
 """Properties every gradient transformation and optimizer holds on random pytrees.
 
 For each entry of ``TRANSFORMS`` (every public transform and optimizer, in the settings
-below): updates have the gradients' structure, shapes and dtypes, the state keeps its own from
-step to step, finite inputs give finite outputs, ``jit`` agrees with eager execution and
-``vmap`` over independent problems with a Python loop over them. On top of that: zero
-gradients do not move the parameters, ``optax.chain`` is associative, clipping never exceeds
-its threshold and normalization gives unit norm.
+below), ``jaxtricks.testing.check_transform`` checks that updates have the gradients'
+structure, shapes and dtypes, the state keeps its own from step to step, finite inputs give
+finite outputs, ``None`` and zero-size leaves pass through, ``jit`` agrees with eager execution
+without retracing on the second call, and ``vmap`` over independent problems agrees with a
+loop over them. Trees mix float32, bfloat16, float16 and complex64 leaves (float64 and float32
+under ``jax.enable_x64``). On top of that: zero gradients do not move the parameters,
+``optax.chain`` is associative, clipping never exceeds its threshold and normalization gives
+unit norm.
 
-Tolerances are in units of the dtype's machine epsilon (``precision``), since the same formula
-evaluated in two ways (fused by XLA or op by op, batched or not) may round differently.
+Tolerances are in units of the dtype's machine epsilon, since the same formula evaluated in
+two ways (fused by XLA or op by op, batched or not) may round differently: 4 for ``jit``
+against eager and 2 for ``vmap`` against a loop, tighter than ``check_transform``'s defaults.
 """
+
+import inspect
 
 import chex
 import jax
@@ -17,28 +23,29 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from absl.testing import parameterized
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import (
-    FLOAT32,
-    FLOAT64,
-    TEMPLATES,
-    precision,
-    problems,
-    specs,
-    to_jax,
-)
 
 import jaxtricks as jt
+from jaxtricks.testing import check_transform, problems, run_transform, specs
+from jaxtricks.testing.strategies import (
+    COMPLEX64,
+    DTYPES,
+    FLOAT16,
+    FLOAT32,
+    FLOAT64,
+    REAL_DTYPES,
+    TEMPLATES,
+    Leaf,
+)
 
 LR = 0.1
 # ε of the adaptive transforms: their defaults (1e-8) round to 0 in float16, where a zero
 # gradient then gives 0 · ∞ = NaN (as in Optax). 1e-4 is a normal float16 number.
 EPS = 1e-4
 
-# Built once, so that jax.jit(tx.update) wraps the same function from one example to the next
-# and its compilation cache hits.
+# Built once, so that the checks' jit(tx.update) wraps the same function from one example to
+# the next and its compilation cache hits.
 TRANSFORMS = {
     "scale_by_momentum": jt.scale_by_momentum(0.9),
     "scale_by_momentum_nesterov": jt.scale_by_momentum(0.9, nesterov=True),
@@ -49,6 +56,7 @@ TRANSFORMS = {
     "scale_by_adam": jt.scale_by_adam(eps=EPS),
     "normalize_by_global_norm": jt.normalize_by_global_norm(),
     "clip_by_value": jt.clip_by_value(1.0),
+    "clip": jt.clip(1.0),
     "clip_by_norm": jt.clip_by_norm(1.0),
     "clip_by_global_norm": jt.clip_by_global_norm(1.0),
     "add_decayed_weights": jt.add_decayed_weights(0.1),
@@ -68,129 +76,120 @@ TRANSFORMS = {
     "adam": jt.adam(LR, eps=EPS),
     "adamw": jt.adamw(LR, eps=EPS, weight_decay=0.1),
     "normalized_sgd": jt.normalized_sgd(LR),
-    "clip_then_sgd": optax.chain(jt.clip_by_global_norm(1.0), jt.sgd(LR)),
+    "chain_of_clip_and_sgd": optax.chain(jt.clip_by_global_norm(1.0), jt.sgd(LR)),
+    "trace": jt.trace(0.9),
+    "trace_nesterov": jt.trace(0.9, nesterov=True),
+    "scale_by_stddev": jt.scale_by_stddev(eps=EPS),
+    "scale_by_rss": jt.scale_by_rss(eps=EPS),
+    "normalize_by_update_norm": jt.normalize_by_update_norm(),
+    "apply_if_finite": jt.apply_if_finite(jt.adam(LR, eps=EPS), 2),
+    "flatten_by_dtype": jt.flatten_by_dtype(jt.adam(LR, eps=EPS)),
+    "gradient_health": jt.gradient_health(),
+    "update_health": jt.update_health(),
+    "scale_by_plateau": jt.scale_by_plateau(jt.epoch_plateau()),
+    "reduce_on_plateau": jt.reduce_on_plateau(patience=1),
 }
 NAMES = sorted(TRANSFORMS)
-# Compiled once per transform and template: the vmap test runs a batch of problems through
-# jit(vmap(init)) and jit(vmap(update)), and each problem through jit(init) and jit(update).
-INITS = {name: jax.jit(tx.init) for name, tx in TRANSFORMS.items()}
-UPDATES = {name: jax.jit(tx.update) for name, tx in TRANSFORMS.items()}
-BATCHED_INITS = {name: jax.jit(jax.vmap(tx.init)) for name, tx in TRANSFORMS.items()}
-BATCHED_UPDATES = {name: jax.jit(jax.vmap(tx.update)) for name, tx in TRANSFORMS.items()}
-RANDOM_PROBLEMS = problems()
-TEMPLATE_PROBLEMS = problems(st.sampled_from(TEMPLATES))
+# Optax's extra arguments of update: the loss, which reduce_on_plateau watches.
+EXTRA_ARGS = {"reduce_on_plateau": {"value": jnp.asarray(1.0)}}
+# Dtypes some transforms refuse, as Optax's do, and what their trees hold instead: jnp.clip
+# (Optax's clip) refuses complex numbers, which have no order; reduce_on_plateau keeps its
+# state in the tree's lowest and highest dtypes, which a tree holding both bfloat16 and
+# float16 does not have (neither promotes to the other; Optax raises a ValueError).
+REPLACED = {
+    "clip_by_value": {COMPLEX64: FLOAT32},
+    "clip": {COMPLEX64: FLOAT32},
+    "reduce_on_plateau": {FLOAT16: FLOAT32},
+}
 # These add λw, so a zero gradient still moves the parameters.
 DECAYING = {"add_decayed_weights", "add_l2_penalty", "adamw"}
 THRESHOLDS = st.floats(0.01, 20.0)
 
 
-def run(update, tx, problem):
-    """Steps ``update`` through the problem's gradients; returns (updates, states) per step.
-
-    The parameters follow the updates, as in training, so weight decay sees them move.
-    """
-    params = to_jax(problem.params)
-    states = [tx.init(params)]
-    all_updates = []
-    for grads in problem.grads:
-        updates, state = update(to_jax(grads), states[-1], params)
-        all_updates.append(updates)
-        states.append(state)
-        with jax.numpy_dtype_promotion("standard"):
-            params = optax.apply_updates(params, updates)
-    return all_updates, states
+def allowed_dtypes(names):
+    """The dtypes that random trees for the transforms called ``names`` hold."""
+    refused = {dtype for name in names for dtype in REPLACED.get(name, {})}
+    return tuple(dtype for dtype in DTYPES if dtype not in refused)
 
 
-def check_contract(problem, all_updates, states):
-    """Updates are finite and shaped like the gradients; the state's layout never changes."""
-    for grads, updates in zip(problem.grads, all_updates, strict=True):
-        grads = to_jax(grads)
-        chex.assert_trees_all_equal_structs(updates, grads)
-        chex.assert_trees_all_equal_shapes_and_dtypes(updates, grads)
-        chex.assert_tree_all_finite(updates)
-    for state in states[1:]:
-        chex.assert_trees_all_equal_structs(state, states[0])
-        chex.assert_trees_all_equal_shapes_and_dtypes(state, states[0])
-        chex.assert_tree_all_finite(state)
+def allowed(name, spec):
+    """The spec with the dtypes the transform refuses replaced."""
+    replaced = REPLACED.get(name, {})
+    return jax.tree.map(lambda leaf: Leaf(leaf.shape, replaced.get(leaf.dtype, leaf.dtype)), spec)
 
 
-def assert_close_in_dtype(actual, expected, *, ulps, inputs=(), floor=0.0):
-    """Same structure, shapes and dtypes; float values within ``ulps · eps · S`` of each other.
-
-    ``eps`` is the leaf dtype's machine epsilon and ``S`` the largest magnitude in the expected
-    leaf, in the same leaf of each tree of ``inputs`` and ``floor``: two roundings of one
-    formula differ by a fraction of the terms it combines, which cancellation can make far
-    larger than its result (Nesterov's ``g + γ v``, AdamW's direction plus ``λ w``). On top of
-    that, ``ulps`` times the dtype's smallest normal number: XLA:CPU flushes a subnormal
-    intermediate to zero, and whether one arises depends on fusion (``λ w`` with ``w`` just above
-    ``tiny`` is flushed when computed alone, and kept inside a fused multiply-add).
-    """
-    chex.assert_trees_all_equal_structs(actual, expected)
-    chex.assert_trees_all_equal_shapes_and_dtypes(actual, expected)
-    columns = (jax.tree.leaves(tree) for tree in (actual, expected, *inputs))
-    for a, e, *others in zip(*columns, strict=True):
-        a, e = np.asarray(a), np.asarray(e)
-        if not np.issubdtype(e.dtype, np.inexact):  # counters and flags
-            np.testing.assert_array_equal(a, e)
-            continue
-        info = jnp.finfo(e.dtype)
-        scale = max(floor, *(magnitude(x) for x in (e, *others)))
-        atol = ulps * (float(info.eps) * scale + float(info.tiny))
-        np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64), rtol=0, atol=atol)
+def extra_args(names):
+    """The extra arguments the transforms called ``names`` need, all together."""
+    return {key: value for name in names for key, value in EXTRA_ARGS.get(name, {}).items()}
 
 
-def magnitude(tree):
-    """The largest absolute value in the tree (0 for an empty one)."""
-    leaves = (np.asarray(x, np.float64) for x in jax.tree.leaves(tree))
-    return max((float(np.max(np.abs(x), initial=0.0)) for x in leaves), default=0.0)
+def random_problems(names, **kwargs):
+    """Problems on random trees of the dtypes every transform of ``names`` takes."""
+    return problems(specs(allowed_dtypes(names)), **kwargs)
 
 
-def take(tree, i):
-    """Problem ``i`` of a batch: entry ``i`` of every leaf."""
-    return jax.tree.map(lambda x: x[i], tree)
+def template_problems(name, **kwargs):
+    """Problems on the fixed templates, with the dtypes the transform refuses replaced."""
+    return problems(st.sampled_from([allowed(name, t) for t in TEMPLATES]), **kwargs)
+
+
+def wide(x):
+    """The array in float64 (complex128 for a complex one)."""
+    x = np.asarray(x)
+    return x.astype(np.complex128 if np.iscomplexobj(x) else np.float64)
 
 
 def norm64(tree):
     """The global Euclidean norm, computed in float64 by NumPy."""
-    return float(
-        np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree)))
-    )
+    return float(np.sqrt(sum(np.sum(np.abs(wide(x)) ** 2) for x in jax.tree.leaves(tree))))
 
 
 # --- every transform ----------------------------------------------------------------------
 
 
-class ContractTest(chex.TestCase):
-    """The contract with ``jit`` and without it; the jitted update agrees with eager calls.
+# Public factories of gradient transformations the suite runs through others: the optimizers
+# get_optimizer builds by name are in TRANSFORMS by their own names.
+COVERED_ELSEWHERE = {"get_optimizer"}
 
-    Without ``jit`` the trees are any random tree; with it they come from ``TEMPLATES``, so
-    that each transform compiles twice whatever the number of examples.
-    """
 
-    @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.named_parameters(*((name, name) for name in NAMES))
-    @given(data=st.data())
-    def test_contract(self, name, data):
-        jitted = self.variant.type is chex.ChexVariantType.WITH_JIT
-        problem = data.draw(TEMPLATE_PROBLEMS if jitted else RANDOM_PROBLEMS)
-        tx = TRANSFORMS[name]
-        update = self.variant(tx.update)
-        params = to_jax(problem.params)
-        states = [tx.init(params)]
-        all_updates = []
-        for grads in map(to_jax, problem.grads):
-            updates, state = update(grads, states[-1], params)
-            if jitted:  # from the same inputs, so that differences do not compound
-                expected, expected_state = tx.update(grads, states[-1], params)
-                assert_close_in_dtype(updates, expected, ulps=4, inputs=(grads, params))
-                assert_close_in_dtype(
-                    state, expected_state, ulps=4, inputs=(states[-1],), floor=magnitude(grads)
-                )
-            all_updates.append(updates)
-            states.append(state)
-            with jax.numpy_dtype_promotion("standard"):
-                params = optax.apply_updates(params, updates)
-        check_contract(problem, all_updates, states)
+def test_every_public_transform_factory_is_in_the_suite():
+    factories = {
+        name for name in jt.tricks.__all__
+        if inspect.isfunction(getattr(jt, name))
+        and "GradientTransformation" in str(inspect.signature(getattr(jt, name)).return_annotation)
+    }
+    assert len(factories) > 30  # the annotation test finds them: it would not find none
+    # A key names the factory it tests, or the factory and a variant ("scale_by_rms_centered"):
+    # it counts for the longest factory name it starts with, so "clip_by_value" is not "clip".
+    covered = set()
+    for key in TRANSFORMS:
+        owners = [name for name in factories if key == name or key.startswith(f"{name}_")]
+        covered.update([max(owners, key=len)] if owners else [])
+    missing = sorted(factories - covered - COVERED_ELSEWHERE)
+    assert not missing, f"add to TRANSFORMS: {missing}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@given(data=st.data())
+def test_contract_on_random_trees(name, data):
+    """Dtypes, state layout, finiteness, None and zero-size leaves, on any random tree."""
+    problem = data.draw(random_problems([name]))
+    check_transform(
+        TRANSFORMS[name], problem.params, problem.grads,
+        checks=["dtypes", "state", "finite", "empty_leaves"], extra_args=extra_args([name]),
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+@given(data=st.data())
+def test_jit_equals_eager_without_retracing(name, data):
+    """On the templates, so that each transform compiles twice whatever the examples."""
+    problem = data.draw(template_problems(name))
+    check_transform(
+        TRANSFORMS[name], problem.params, problem.grads,
+        checks=["jit", "retrace", "dtypes", "state", "finite"], ulps=4,
+        extra_args=extra_args([name]),
+    )
 
 
 @pytest.mark.slow
@@ -198,55 +197,44 @@ class ContractTest(chex.TestCase):
 @given(problem=problems(specs((FLOAT64, FLOAT32))))
 def test_float64_is_kept_under_x64(name, problem):
     with jax.enable_x64(True):
-        tx = TRANSFORMS[name]
-        check_contract(problem, *run(tx.update, tx, problem))
+        check_transform(
+            TRANSFORMS[name], problem.params, problem.grads, checks=["dtypes", "state", "finite"],
+            extra_args=extra_args([name]),
+        )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-@given(problem=problems(st.sampled_from(TEMPLATES), steps=2, batch=3))
-def test_vmap_over_independent_problems_equals_a_loop(name, problem):
-    params = to_jax(problem.params)
-    state = BATCHED_INITS[name](params)
-    # Each problem's inputs are sliced from the NumPy arrays, its outputs from NumPy copies:
-    # slicing JAX arrays would add a dispatched op per leaf.
-    looped = [INITS[name](to_jax(take(problem.params, i))) for i in range(3)]
-    for grads in problem.grads:
-        updates, state = BATCHED_UPDATES[name](to_jax(grads), state, params)
-        updates, batched_state = jax.device_get((updates, state))
-        for i in range(3):
-            grads_i, params_i = to_jax(take(grads, i)), to_jax(take(problem.params, i))
-            state_i = looped[i]
-            expected, looped[i] = UPDATES[name](grads_i, state_i, params_i)
-            assert_close_in_dtype(take(updates, i), expected, ulps=2, inputs=(grads_i, params_i))
-            assert_close_in_dtype(
-                take(batched_state, i), looped[i], ulps=2, inputs=(state_i,),
-                floor=magnitude(grads_i),
-            )
+@given(data=st.data())
+def test_vmap_over_independent_problems_equals_a_loop(name, data):
+    problem = data.draw(template_problems(name, steps=2, batch=3))
+    check_transform(
+        TRANSFORMS[name], problem.params, problem.grads, checks=["vmap"], batched=True, ulps=2,
+        extra_args=extra_args([name]),
+    )
 
 
 @pytest.mark.parametrize("name", sorted(set(NAMES) - DECAYING))
-@given(problem=problems())
-def test_zero_gradients_leave_the_parameters_unchanged(name, problem):
-    tx = TRANSFORMS[name]
-    params = to_jax(problem.params)
-    state = tx.init(params)
-    for _ in range(2):
-        updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
-        with jax.numpy_dtype_promotion("standard"):
-            moved = optax.apply_updates(params, updates)
-        chex.assert_trees_all_equal(moved, params)
+@given(data=st.data())
+def test_zero_gradients_leave_the_parameters_unchanged(name, data):
+    problem = data.draw(random_problems([name]))
+    zeros = jax.tree.map(np.zeros_like, problem.params)
+    run = run_transform(
+        TRANSFORMS[name], problem.params, [zeros, zeros], extra_args=extra_args([name])
+    )
+    for params in run.params[1:]:
+        chex.assert_trees_all_equal(params, run.params[0])
 
 
-@given(problem=problems(), names=st.lists(st.sampled_from(NAMES), min_size=3, max_size=3))
-def test_chain_is_associative(problem, names):
+@given(names=st.lists(st.sampled_from(NAMES), min_size=3, max_size=3), data=st.data())
+def test_chain_is_associative(names, data):
+    problem = data.draw(random_problems(names))
     a, b, c = (TRANSFORMS[name] for name in names)
-    left = optax.chain(optax.chain(a, b), c)
-    right = optax.chain(a, optax.chain(b, c))
-    flat = optax.chain(a, b, c)
-    expected, _ = run(flat.update, flat, problem)
-    for tx in (left, right):
-        actual, _ = run(tx.update, tx, problem)
+    extra = extra_args(names)
+    expected = run_transform(optax.chain(a, b, c), problem.params, problem.grads,
+                             extra_args=extra).updates
+    for tx in (optax.chain(optax.chain(a, b), c), optax.chain(a, optax.chain(b, c))):
+        actual = run_transform(tx, problem.params, problem.grads, extra_args=extra).updates
         chex.assert_trees_all_equal(actual, expected)
 
 
@@ -255,6 +243,14 @@ def test_chain_is_associative(problem, names):
 # clipped norm may exceed θ by one unit of the dtype's precision: θ · (1 + eps). A rescaled
 # entry below the dtype's smallest normal number may be flushed to zero by XLA: the
 # comparisons with g · factor allow that much absolute error.
+
+
+def precision(tree):
+    """The largest machine epsilon among the tree's leaf dtypes (float32's for an empty tree)."""
+    return max(
+        (float(jnp.finfo(leaf.dtype).eps) for leaf in jax.tree.leaves(tree)),
+        default=float(jnp.finfo(jnp.float32).eps),
+    )
 
 
 def slack(tree):
@@ -267,15 +263,19 @@ def slack(tree):
     return precision(tree) + 4 * float(jnp.finfo(accumulation).eps)
 
 
-@given(problem=problems(steps=1), theta=THRESHOLDS)
+def one_step(tx, problem):
+    """The gradient of the problem's first step, and the updates ``tx`` makes of it."""
+    grads = jax.device_put(problem.grads[0])
+    return grads, tx.update(grads, tx.init(grads))[0]
+
+
+@given(problem=problems(specs(REAL_DTYPES), steps=1), theta=THRESHOLDS)
 def test_clip_by_value_bounds_every_coordinate(problem, theta):
-    tx = jt.clip_by_value(theta)
-    grads = to_jax(problem.grads[0])
-    updates, _ = tx.update(grads, tx.init(grads))
+    grads, updates = one_step(jt.clip_by_value(theta), problem)
     chex.assert_trees_all_equal_shapes_and_dtypes(updates, grads)
     for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads), strict=True):
         eps = float(jnp.finfo(g.dtype).eps)
-        u, g = np.asarray(u, np.float64), np.asarray(g, np.float64)
+        u, g = wide(u), wide(g)
         assert np.all(np.abs(u) <= theta * (1 + eps))
         np.testing.assert_array_equal(np.sign(u), np.sign(g))
         # below θ even once θ is rounded to the dtype: untouched
@@ -285,25 +285,20 @@ def test_clip_by_value_bounds_every_coordinate(problem, theta):
 
 @given(problem=problems(steps=1), theta=THRESHOLDS)
 def test_clip_by_norm_bounds_each_leaf_and_only_rescales(problem, theta):
-    tx = jt.clip_by_norm(theta)
-    grads = to_jax(problem.grads[0])
-    updates, _ = tx.update(grads, tx.init(grads))
+    grads, updates = one_step(jt.clip_by_norm(theta), problem)
     chex.assert_trees_all_equal_shapes_and_dtypes(updates, grads)
     for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads), strict=True):
         tol = slack(g)
         assert norm64(u) <= theta * (1 + tol)
-        g64 = np.asarray(g, np.float64)
-        expected = g64 * min(1.0, theta / norm64(g)) if norm64(g) > 0 else g64
+        expected = wide(g) * min(1.0, theta / norm64(g)) if norm64(g) > 0 else wide(g)
         np.testing.assert_allclose(
-            np.asarray(u, np.float64), expected, rtol=tol, atol=float(jnp.finfo(g.dtype).tiny)
+            wide(u), expected, rtol=tol, atol=float(jnp.finfo(g.dtype).tiny)
         )
 
 
 @given(problem=problems(steps=1), theta=THRESHOLDS)
 def test_clip_by_global_norm_bounds_the_norm_and_only_rescales(problem, theta):
-    tx = jt.clip_by_global_norm(theta)
-    grads = to_jax(problem.grads[0])
-    updates, _ = tx.update(grads, tx.init(grads))
+    grads, updates = one_step(jt.clip_by_global_norm(theta), problem)
     chex.assert_trees_all_equal_shapes_and_dtypes(updates, grads)
     tol = slack(grads)
     norm = norm64(grads)
@@ -313,19 +308,14 @@ def test_clip_by_global_norm_bounds_the_norm_and_only_rescales(problem, theta):
     factor = min(1.0, theta / norm) if norm > 0 else 1.0
     for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads), strict=True):
         np.testing.assert_allclose(
-            np.asarray(u, np.float64),
-            np.asarray(g, np.float64) * factor,
-            rtol=tol,
-            atol=float(jnp.finfo(g.dtype).tiny),
+            wide(u), wide(g) * factor, rtol=tol, atol=float(jnp.finfo(g.dtype).tiny)
         )
 
 
 @given(problem=problems(steps=1))
 def test_normalize_by_global_norm_gives_unit_norm_up_to_eps(problem):
     eps = 1e-6
-    tx = jt.normalize_by_global_norm(eps)
-    grads = to_jax(problem.grads[0])
-    updates, _ = tx.update(grads, tx.init(grads))
+    grads, updates = one_step(jt.normalize_by_global_norm(eps), problem)
     chex.assert_trees_all_equal_shapes_and_dtypes(updates, grads)
     norm = norm64(grads)
     if norm == 0:

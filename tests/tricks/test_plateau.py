@@ -228,6 +228,19 @@ def test_reduce_on_plateau_refuses_invalid_arguments(kwargs, name):
         reduce_on_plateau(**kwargs)
 
 
+def test_reduce_on_plateau_takes_optax_dtypes_for_a_mixed_tree_under_strict_promotion():
+    # The suite runs with strict promotion, where ordering float32 and bfloat16 is refused.
+    params = {"w": jnp.ones(2), "b": jnp.ones(2, jnp.bfloat16)}
+    tx = reduce_on_plateau(patience=1)
+    state = tx.init(params)
+    assert (state.scale.dtype, state.best_value.dtype) == (jnp.bfloat16, jnp.float32)
+    updates, state = tx.update(params, state, params, value=1.0)
+    assert updates["b"].dtype == jnp.bfloat16 and float(state.best_value) == 1.0
+    with jax.numpy_dtype_promotion("standard"):
+        theirs = optax.contrib.reduce_on_plateau(patience=1).init(params)
+    assert jax.tree.map(lambda x: x.dtype, state) == jax.tree.map(lambda x: x.dtype, theirs)
+
+
 def test_reduce_on_plateau_accepts_integer_arrays_for_its_counts():
     # optax.inject_hyperparams passes every numeric argument as an array
     tx = reduce_on_plateau(patience=jnp.asarray(2), cooldown=np.int64(1))

@@ -113,4 +113,4 @@ def initialize_distributed(
     if not os.environ.get(_COLLECTIVES_ENV):
         jax.config.update("jax_cpu_collectives_implementation", CPU_COLLECTIVES)
     (initialize or jax.distributed.initialize)(coordinator_address, num_processes, process_id)
-    return jax.config.jax_cpu_collectives_implementation
+    return str(jax.config.values["jax_cpu_collectives_implementation"])

@@ -619,7 +619,7 @@ def _one_line(err: Exception) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    given = getattr(args, "given", set())
+    given: set[str] = getattr(args, "given", set())
     job = distributed_wanted(args)
     if job and "devices" not in given:
         args.devices = 0
@@ -671,10 +671,11 @@ def _train(args: argparse.Namespace) -> int:
             keep=3 if args.keep_checkpoints is None else args.keep_checkpoints,
             resume=args.resume,
         ))
+        assert arguments_path is not None  # prepare_output gives one when checkpoints are wanted
         hooks.append(SaveArguments(args, arguments_path))
     # fp32 casts nothing (the data are float32): None, as runs before --precision existed.
     precision = None if args.precision == "fp32" else args.precision
-    objective = {}
+    objective: dict[str, Any] = {}
     if args.label_smoothing:
         objective = {"loss_fn": smoothed_cross_entropy(args.label_smoothing),
                      "metrics": {"accuracy": accuracy}}

@@ -79,7 +79,7 @@ def run_layers(
         calls.append(LayerCall(tuple(context.module.path), inputs, outputs))
         return outputs
 
-    options = {} if rngs is None else {"rngs": rngs}
+    options: dict[str, Any] = {} if rngs is None else {"rngs": rngs}
     with nn.intercept_methods(interceptor):
         if train:
             logits, _ = model.apply(

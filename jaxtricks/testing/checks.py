@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import chex
 import jax
@@ -264,6 +264,7 @@ def _assert_finite(
     structure) only the leaves that are finite there are checked.
     """
     with_paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    masks: list[bool | np.bool_]
     if where_finite is None:
         masks = [True] * len(with_paths)
     else:
@@ -539,7 +540,7 @@ def _batch_size(params: Any, grads: list[Any]) -> int:
             f"params, grads: with batched=True every leaf needs the same leading batch axis, "
             f"found leading sizes {sorted(sizes, key=str)}"
         )
-    return sizes.pop()
+    return cast(int, sizes.pop())  # None was refused above
 
 
 def _batch_of_problems(params: Any, grads: list[Any]) -> tuple[Any, list[Any]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, cast
 
 import jax
 import jax.numpy as jnp
@@ -162,11 +162,12 @@ def _array(leaf: Leaf, batch: int | None, limit: float) -> st.SearchStrategy[np.
         wide = leaf.dtype
         elements = st.complex_numbers(
             max_magnitude=limit, allow_subnormal=False, allow_nan=False, allow_infinity=False,
-            width=8 * leaf.dtype.itemsize,
+            width=cast(Literal[32, 64, 128], 8 * leaf.dtype.itemsize),  # complex64 or 128
         )
     else:
         wide = FLOAT64 if leaf.dtype == FLOAT64 else FLOAT32
-        elements = st.floats(-limit, limit, width=np.finfo(wide).bits, allow_subnormal=False)
+        width = cast(Literal[32, 64], np.finfo(wide).bits)  # float32 or float64
+        elements = st.floats(-limit, limit, width=width, allow_subnormal=False)
     return hnp.arrays(wide, shape, elements=elements).map(
         lambda a: _normal(a.astype(leaf.dtype))
     )

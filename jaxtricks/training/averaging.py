@@ -205,22 +205,23 @@ def _nnx_batch_stats(graphdef, params, model_state, images):
 
 def _recompute_nnx(fm: FunctionalModel, params, model_state, images, batch_size):
     module = nnx.merge(fm.graphdef(True), params, model_state, copy=True)
-    for _, layer in nnx.iter_modules(module):
-        if isinstance(layer, nnx.BatchNorm):
-            layer.momentum = 0.0
-        elif isinstance(layer, nnx.Dropout):
-            layer.deterministic = True
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-    totals = None
+    for _, submodule in nnx.iter_modules(module):
+        if isinstance(submodule, nnx.BatchNorm):
+            submodule.momentum = 0.0
+        elif isinstance(submodule, nnx.Dropout):
+            submodule.deterministic = True
+    # Flax types the states after the first two filters' as variadic; "..." makes three.
+    graphdef, params, rest = nnx.split(module, nnx.Param, ...)  # type: ignore[misc]
+    totals: dict[tuple[Any, ...], tuple[jax.Array, ...]] | None = None
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size]
         stats = nnx.to_flat_state(_nnx_batch_stats(graphdef, params, rest, batch))
         rows = jnp.asarray(batch.shape[0], jnp.float32)
-        moments = {}
+        moments: dict[tuple[Any, ...], dict[Any, jax.Array]] = {}
         for path, variable in stats:
             layer, name = path[:-1], path[-1]
             moments.setdefault(layer, {})[name] = variable[...]
-        summary = {
+        summary: dict[tuple[Any, ...], tuple[jax.Array, ...]] = {
             layer: (rows, m["mean"], m["var"] * rows) for layer, m in moments.items()
         }
         totals = summary if totals is None else {

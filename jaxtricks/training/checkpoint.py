@@ -44,7 +44,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 __all__ = [
     "Checkpoint",
@@ -162,7 +162,8 @@ class CheckpointManager:
         if not isinstance(metadata, dict):
             raise ValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
         paths_leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-        leaves, impls = [], []
+        leaves: list[jax.Array | np.ndarray] = []
+        impls: list[str | None] = []
         for path, leaf in paths_leaves:
             if not isinstance(leaf, jax.Array | np.ndarray):
                 raise ValueError(
@@ -528,7 +529,9 @@ class CheckpointHook(Hook):
 
     def _tree(self, run: Run, totals: Any) -> tuple[Any, Any, dict[str, Any]]:
         hooks = self._stateful_hooks(run)
-        arrays = {name: hook.checkpoint_state()[0] for name, hook in hooks.items()}
+        # _stateful_hooks keeps only hooks whose checkpoint_state is not None.
+        arrays = {name: cast(tuple[Any, Any], hook.checkpoint_state())[0]
+                  for name, hook in hooks.items()}
         return run.state, totals, arrays
 
     def on_train_begin(self, run: Run) -> None:
@@ -611,6 +614,7 @@ class CheckpointHook(Hook):
                 "epochs": run.last_epoch - run.first_epoch,
                 "config": run.config,
                 "history": [record.to_dict() for record in run.history.epochs],
-                "hooks": {name: hook.checkpoint_state()[1] for name, hook in hooks.items()},
+                "hooks": {name: cast(tuple[Any, Any], hook.checkpoint_state())[1]
+                          for name, hook in hooks.items()},
             },
         )

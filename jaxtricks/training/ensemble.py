@@ -436,7 +436,8 @@ def fit_ensemble(
     data = jax.device_put((x, y))
     validation = None if validation is None else jax.device_put(validation)
     states = create_ensemble(fm, tx, init_keys, jax.tree.map(lambda a: a[:1], data[0]),
-                             hyperparams=values or None)
+                             hyperparams={name: list(value) for name, value in values.items()}
+                             or None)
     if objective.integer_labels:
         classes = jax.eval_shape(
             lambda s: fm.apply(s.params, s.model_state, data[0], train=False, key=None)[0],

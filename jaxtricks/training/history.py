@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 from jaxtricks.files import strict_json
 
@@ -126,9 +126,19 @@ class History:
     header: dict[str, Any] = dataclasses.field(default_factory=dict)
     epochs: list[EpochRecord] = dataclasses.field(default_factory=list)
 
-    def __getitem__(self, name: str) -> list[float]:
+    # mypy flags the two as overlapping (a str may equal "learning_rate"); the Literal one
+    # matches first, so the learning rate's None entries are typed where they can occur.
+    @overload
+    def __getitem__(  # type: ignore[overload-overlap]
+            self, name: Literal["learning_rate"]
+    ) -> list[float | None]: ...
+    @overload
+    def __getitem__(self, name: str) -> list[float]: ...
+
+    def __getitem__(self, name: str) -> list[float] | list[float | None]:
         """``history["val_loss"]``: a metric's value at every epoch (NaN where missing), as
-        Keras' ``history.history[name]``; ``history["learning_rate"]`` too."""
+        Keras' ``history.history[name]``; ``history["learning_rate"]`` too (None at epochs
+        whose optimizer state has no injected learning rate)."""
         if name == "learning_rate":
             return [record.learning_rate for record in self.epochs]
         if not any(name in record.metrics for record in self.epochs):

@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -193,7 +193,9 @@ def _sweep_step(train_step, carry: _Sweep, data, indices, learning_rates, smooth
     # Once stopped, the steps until the host looks again record nothing; the state they train
     # is never read.
     running = carry.stop == 0
-    keep = functools.partial(jnp.where, running)
+    # jnp.where(running, new, old); mypy cannot pick jnp.where's overload through partial.
+    keep = cast(Callable[[jax.Array, jax.Array], jax.Array],
+                functools.partial(jnp.where, running))
     return _Sweep(
         state=state,
         step=keep(i + 1, i),

@@ -98,7 +98,8 @@ class FunctionalModel:
         """``(params, model_state)``: Linen's ``init`` in evaluation mode, NNX's own state."""
         if self.kind == "nnx":
             del key, x
-            _, params, model_state = nnx.split(self.module, nnx.Param, ...)
+            # Flax types the states after the first two filters' as variadic; "..." makes three.
+            _, params, model_state = nnx.split(self.module, nnx.Param, ...)  # type: ignore[misc]
             return params, model_state
         # The key itself for the parameters, as Flax's own ``model.init(key, x)`` does.
         variables = self.module.init(
@@ -121,7 +122,8 @@ class FunctionalModel:
             outputs = module(x, **flags)
             if not train:
                 return outputs, model_state
-            _, _, new_state = nnx.split(module, nnx.Param, ...)
+            # Flax types the states after the first two filters' as variadic; "..." makes three.
+            _, _, new_state = nnx.split(module, nnx.Param, ...)  # type: ignore[misc]
             return outputs, new_state
         variables = {"params": params, **model_state}
         if not train:

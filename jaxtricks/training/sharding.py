@@ -240,13 +240,8 @@ def train_state_sharding(
                                  state.opt_state)
     else:
         opt_state = jax.tree.map(lambda _: replicated, state.opt_state)
-    return TrainState(
-        step=replicated,
-        params=jax.tree.map(lambda _: replicated, state.params),
-        model_state=jax.tree.map(lambda _: replicated, state.model_state),
-        opt_state=opt_state,
-        rng=replicated,
-    )
+    # A TrainState of shardings (its fields are typed as arrays, so built by tree.map).
+    return jax.tree.map(lambda _: replicated, state)._replace(opt_state=opt_state)
 
 
 def shard_train_state(

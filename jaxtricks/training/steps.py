@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -457,7 +457,8 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
         values["skipped"] = skipped
         if scaled:
             values["overflow"] = overflow.astype(jnp.int32)
-            values["loss_scale"] = loss_scale.scale.astype(jnp.float32)
+            # Flax types DynamicScale.scale as a float; in the state it is an array.
+            values["loss_scale"] = cast(jax.Array, loss_scale.scale).astype(jnp.float32)
         return constrain_state(new), values
 
     return jax.jit(train_step, donate_argnums=0 if donate else ())

@@ -57,7 +57,8 @@ class ScaleByRssWithCountState(NamedTuple):
     """State of :func:`scale_by_rss` when ``eps`` is a schedule (``optax.ScaleByRssState``
     plus the step count the schedule reads)."""
 
-    count: jax.Array  # shape=(), int32
+    # Optax's field name; mypy objects that it shadows the method tuple.count.
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32
     sum_of_squares: optax.Updates  # like params
 
 
@@ -67,7 +68,8 @@ class ScaleByRmsWithCountState(NamedTuple):
     The name and fields of the state Optax's ``scale_by_rms(bias_correction=True)`` keeps.
     """
 
-    count: jax.Array  # shape=(), int32
+    # Optax's field name; mypy objects that it shadows the method tuple.count.
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32
     nu: optax.Updates  # like params; running mean of |g|²
 
 
@@ -77,7 +79,8 @@ class ScaleByRStdDevWithCountState(NamedTuple):
     The name and fields of the state Optax's ``scale_by_stddev(bias_correction=True)`` keeps.
     """
 
-    count: jax.Array  # shape=(), int32
+    # Optax's field name; mypy objects that it shadows the method tuple.count.
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32
     mu: optax.Updates  # like params; running mean of g
     nu: optax.Updates  # like params; running mean of |g|²
 

@@ -47,7 +47,9 @@ from jaxtricks.tricks.tree import check_inexact_leaves, check_same_structure
 class EmaParamsState(NamedTuple):
     """State of :func:`ema_params`."""
 
-    count: jax.Array  # shape=(), int32; updates seen, saturating (for decay schedules)
+    # Optax's field name; mypy objects that it shadows the method tuple.count.
+    # Updates seen, saturating (for decay schedules).
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32
     weight_sum: jax.Array  # shape=(), float32; S_t = 1 + d_t S_{t-1} (used when debiasing)
     average: Any  # like params, same dtypes: θ̄_t (init's params before any update)
 
@@ -55,7 +57,8 @@ class EmaParamsState(NamedTuple):
 class SwaParamsState(NamedTuple):
     """State of :func:`swa_params` and :func:`polyak_params`."""
 
-    count: jax.Array  # shape=(), int32; updates seen, saturating
+    # Optax's field name; mypy objects that it shadows the method tuple.count.
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32; updates seen, saturating
     num_averaged: jax.Array  # shape=(), int32; parameters taken into the average
     average: Any  # like params, same dtypes: θ̄_t (the latest θ before the window opens)
 

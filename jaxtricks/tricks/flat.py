@@ -103,7 +103,7 @@ class FlatLayout:
     )
     _hash: int = dataclasses.field(init=False, compare=False, repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         slots: dict[str, list[tuple[int, int, int]]] = {}
         whole: dict[str, int] = {}
         sizes: dict[str, int] = {}
@@ -116,7 +116,7 @@ class FlatLayout:
             start = sizes.get(name, 0)
             slots.setdefault(name, []).append((index, start, start + size))
             sizes[name] = start + size
-        shapes = {name: (sizes[name],) for name in slots}
+        shapes: dict[str, tuple[int, ...]] = {name: (sizes[name],) for name in slots}
         shapes.update({name: self.shapes[i] for name, i in whole.items()})
         object.__setattr__(self, "slots", {name: tuple(slots[name]) for name in sorted(slots)})
         object.__setattr__(self, "whole", whole)

@@ -53,7 +53,8 @@ class PlateauState(NamedTuple):
     best_metric: jax.Array  # shape=(), float32; +inf ("min") or -inf ("max") before any
     epochs_without_improvement: jax.Array  # shape=(), int32; w, saturating
     cooldown_left: jax.Array  # shape=(), int32; epochs still ignored after a reduction
-    count: jax.Array  # shape=(), int32; metrics observed, saturating
+    # Optax's field name; mypy objects that it shadows the method tuple.count.
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32; metrics observed, saturating
 
 
 class EpochPlateau(NamedTuple):

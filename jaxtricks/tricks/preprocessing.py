@@ -52,10 +52,12 @@ class StandardStats(NamedTuple):
 def _float(x: ArrayLike) -> tuple[ModuleType, Any]:
     """The array namespace of ``x`` (numpy or jax.numpy) and ``x`` as a float array."""
     xp = np if isinstance(x, np.ndarray | np.generic) else jnp
-    x = xp.asarray(x)
+    array = xp.asarray(x)
     # canonicalize_dtype maps float64 to float32 unless x64 is on.
-    dtype = jax.dtypes.canonicalize_dtype(np.float64 if x.dtype == np.float64 else np.float32)
-    return xp, x.astype(dtype)
+    dtype = jax.dtypes.canonicalize_dtype(
+        np.float64 if array.dtype == np.float64 else np.float32
+    )
+    return xp, array.astype(dtype)
 
 
 def _check_train(train: Any, per_feature: bool) -> None:
@@ -97,8 +99,8 @@ def scale_to_unit(x: ArrayLike, *, max_value: float = 255.0) -> Any:
       [0.  0.2 1. ]
     """
     check_positive("max_value", max_value)
-    xp, x = _float(x)
-    return x / xp.asarray(max_value, dtype=x.dtype)
+    xp, array = _float(x)
+    return array / xp.asarray(max_value, dtype=array.dtype)
 
 
 def fit_min_max(
@@ -135,14 +137,14 @@ def fit_min_max(
         ) from None
     if not low < high:
         raise ValueError(f"feature_range must have low < high, got {feature_range!r}")
-    xp, train = _float(train)
-    _check_train(train, per_feature)
+    xp, data = _float(train)
+    _check_train(data, per_feature)
     axis = 0 if per_feature else None
     return MinMaxStats(
-        data_min=xp.asarray(xp.min(train, axis=axis)),
-        data_max=xp.asarray(xp.max(train, axis=axis)),
-        low=xp.asarray(low, dtype=train.dtype),
-        high=xp.asarray(high, dtype=train.dtype),
+        data_min=xp.asarray(xp.min(data, axis=axis)),
+        data_max=xp.asarray(xp.max(data, axis=axis)),
+        low=xp.asarray(low, dtype=data.dtype),
+        high=xp.asarray(high, dtype=data.dtype),
     )
 
 
@@ -167,13 +169,13 @@ def apply_min_max(x: ArrayLike, stats: MinMaxStats) -> Any:
       >>> apply_min_max(np.array([5.0, 20.0]), stats).tolist()
       [0.5, 2.0]
     """
-    xp, x = _float(x)
-    data_min = _aligned(xp, stats.data_min, x)
-    span = _aligned(xp, stats.data_max, x) - data_min
+    xp, array = _float(x)
+    data_min = _aligned(xp, stats.data_min, array)
+    span = _aligned(xp, stats.data_max, array) - data_min
     span = xp.where(span > 0, span, xp.ones_like(span))
-    low = xp.asarray(stats.low, dtype=x.dtype)
-    high = xp.asarray(stats.high, dtype=x.dtype)
-    return low + (x - data_min) / span * (high - low)
+    low = xp.asarray(stats.low, dtype=array.dtype)
+    high = xp.asarray(stats.high, dtype=array.dtype)
+    return low + (array - data_min) / span * (high - low)
 
 
 def fit_standardization(
@@ -199,13 +201,13 @@ def fit_standardization(
       (2.0, 1.0)
     """
     check_positive("eps", eps)
-    xp, train = _float(train)
-    _check_train(train, per_feature)
+    xp, data = _float(train)
+    _check_train(data, per_feature)
     axis = 0 if per_feature else None
-    std = xp.std(train, axis=axis)
+    std = xp.std(data, axis=axis)
     return StandardStats(
-        mean=xp.asarray(xp.mean(train, axis=axis)),
-        std=xp.asarray(xp.maximum(std, xp.asarray(eps, dtype=train.dtype))),
+        mean=xp.asarray(xp.mean(data, axis=axis)),
+        std=xp.asarray(xp.maximum(std, xp.asarray(eps, dtype=data.dtype))),
     )
 
 
@@ -228,5 +230,5 @@ def standardize(x: ArrayLike, stats: StandardStats) -> Any:
       >>> standardize(np.array([1.0, 3.0, 7.0]), stats).tolist()
       [-1.0, 1.0, 5.0]
     """
-    xp, x = _float(x)
-    return (x - _aligned(xp, stats.mean, x)) / _aligned(xp, stats.std, x)
+    xp, array = _float(x)
+    return (array - _aligned(xp, stats.mean, array)) / _aligned(xp, stats.std, array)

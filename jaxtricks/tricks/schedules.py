@@ -120,6 +120,8 @@ def exponential_decay(
     check_positive("decay_rate", decay_rate)
     check_nonnegative("transition_begin", transition_begin)
     if end_value is not None:
+        # check_positive refused complex values above.
+        assert not isinstance(decay_rate, complex)
         bound = jnp.maximum if decay_rate < 1 else jnp.minimum
     integral = all(isinstance(n, int) for n in (transition_steps, transition_begin))
 

@@ -124,10 +124,14 @@ def check_same_structure(
     is_leaf = _is_none if none_is_prefix else None
     structure = jax.tree.structure(tree, is_leaf=is_leaf)
     try:
-        references = structure.flatten_up_to(reference)
+        # jaxlib ships no type stub for PyTreeDef, so mypy sees an unknown type.
+        references = structure.flatten_up_to(reference)  # type: ignore[attr-defined]
     except (ValueError, TypeError):
         references = None
-    if references is None or (not none_is_prefix and structure != jax.tree.structure(reference)):
+    if references is None or (
+        not none_is_prefix
+        and structure != jax.tree.structure(reference)  # type: ignore[operator]  # as above
+    ):
         raise ValueError(
             f"{name} and {reference_name} have different pytree structures: "
             f"{jax.tree.structure(tree)} vs {jax.tree.structure(reference)}"

@@ -35,14 +35,16 @@ class TraceWithCountState(NamedTuple):
     """State of :func:`trace` when ``decay`` is a schedule (``optax.TraceState`` plus the step
     count the schedule reads)."""
 
-    count: jax.Array  # shape=(), int32
+    # Optax's field name; mypy objects that it shadows the method tuple.count.
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32
     trace: optax.Updates  # like params, dtype accumulator_dtype or the params' dtype
 
 
 class VelocityState(NamedTuple):
     """State of :func:`scale_by_velocity`."""
 
-    count: jax.Array  # shape=(), int32, steps taken (for schedules)
+    # Optax's field name; mypy objects that it shadows the method tuple.count.
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32, steps taken (for schedules)
     velocity: optax.Updates  # like params, the lesson's v (already includes −η)
 
 

@@ -29,7 +29,8 @@ class WeightDecaySchedule(NamedTuple):
     """State of :func:`add_decayed_weights` with a scheduled λ (the name and field of the
     state Optax's ``add_decayed_weights`` keeps then)."""
 
-    count: jax.Array  # shape=(), int32
+    # Optax's field name; mypy objects that it shadows the method tuple.count.
+    count: jax.Array  # type: ignore[assignment]  # shape=(), int32
 
 
 def add_decayed_weights(

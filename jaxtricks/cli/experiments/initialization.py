@@ -34,6 +34,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxtricks.cli.experiments import common
@@ -89,7 +90,9 @@ QUICK: dict[str, Any] = {
 def _signals(model: MLP, state: TrainState, images: np.ndarray, labels: np.ndarray) -> dict:
     """Per hidden layer: activation std, pre-activation std and gradient std of ``state``."""
     variables = {"params": state.params}
-    signals = list(signal_propagation(model, variables, (images, labels)).values())
+    signals = list(signal_propagation(
+        model, variables, (jnp.asarray(images), jnp.asarray(labels))
+    ).values())
     # Layer l's activation is the input of layer l + 1 (the last hidden one's is the head's).
     return {
         "activation_std": [float(s.input_std) for s in signals[1:]],

@@ -47,6 +47,7 @@ from jaxtricks.cli.experiments import common
 from jaxtricks.models import MLP
 from jaxtricks.training import (
     EarlyStoppingHook,
+    Hook,
     LambdaHook,
     accuracy,
     evaluate_ensemble,
@@ -106,7 +107,7 @@ def _single(variant: str, config: dict[str, Any], data: common.Data, seed: int,
     optimizer = optimizers.get(config["optimizer"], config["learning_rate"])
     if variant == "weight_decay":
         optimizer = optax.chain(add_l2_penalty(config["l2"]), optimizer)
-    hooks = []
+    hooks: list[Hook] = []
     if variant == "early_stopping":
         hooks.append(EarlyStoppingHook("val_loss", patience=config["patience"]))
     extra: dict[str, Any] = {}

@@ -35,7 +35,7 @@ Quick config: 2,048 train / 512 validation / 1,000 test images, CNN (8, 16) with
 from __future__ import annotations
 
 import collections
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -109,7 +109,9 @@ def _memory(model: CNN, optimizer: Any, name: str, batch: tuple[Any, Any]) -> di
     for leaf in jax.tree.leaves(backward):
         if hasattr(leaf, "nbytes"):
             by_dtype[str(leaf.dtype)] += int(leaf.nbytes)
-    step = make_train_step(model, optimizer, precision=policy, donate=False)
+    # make_train_step's step is a jax.jit function, which lowers.
+    step = cast(jax.stages.Wrapped,
+                make_train_step(model, optimizer, precision=policy, donate=False))
     analysis = step.lower(state, batch).compile().memory_analysis()
     return {
         "param_bytes": _nbytes(state.params),

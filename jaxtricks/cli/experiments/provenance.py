@@ -46,7 +46,7 @@ def _source(module: str) -> pathlib.Path | None:
 
 def _imports(tree: ast.Module, module: str, is_package: bool) -> set[str]:
     """The jaxtricks modules a module's syntax tree imports, anywhere in it."""
-    found = set()
+    found: set[str] = set()
     package = module if is_package else module.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -387,7 +387,8 @@ def test_cadence(tmp_path, reference, zero_totals, every_steps, every_epochs, ex
     assert (last.metadata["first_epoch"], last.metadata["epochs"]) == (0, 3)
     assert last.metadata["config"] == {
         "seed": 0, "batch_size": BATCH, "train_examples": len(TRAIN_IMAGES),
-        "validation_examples": len(VAL_IMAGES), "skip_nonfinite": True,
+        "validation_examples": len(VAL_IMAGES), "skip_nonfinite": True, "precision": None,
+        "batch_transform": None,
     }  # fmt: skip
     assert last.metadata["hooks"] == {}  # no hook with a state of its own
     if every_steps == 5:

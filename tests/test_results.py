@@ -21,11 +21,13 @@ def test_every_experiment_has_full_results(results):
     assert {name: r.get("mode") for name, r in results.items()} == dict.fromkeys(results, "full")
 
 
+@pytest.mark.slow
 def test_docs_results_md_is_the_report_of_todays_results_and_code(results):
     # Regenerate with: python -m jaxtricks experiment report
     assert (ROOT / "docs" / "results.md").read_text(encoding="utf-8") == report.render(results)
 
 
+@pytest.mark.slow
 def test_every_result_records_its_code_and_has_a_verdict_quoting_only_its_numbers(results):
     for name, result in results.items():
         assert result.get("provenance", {}).get("commit"), f"{name}: no commit recorded"

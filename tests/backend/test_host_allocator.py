@@ -111,6 +111,7 @@ def _huge_pages_always():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+@pytest.mark.slow
 def test_a_freed_large_block_is_reused_without_page_faults():
     # Configured, the heap keeps the freed block and reuses it: almost no page faults.
     status, configured = _faults("configured")

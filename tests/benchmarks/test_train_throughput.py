@@ -40,6 +40,7 @@ def torch_baseline():
 
 
 @pytest.mark.parametrize("use_batch_norm", [False, True])
+@pytest.mark.slow
 def test_torch_twin_has_the_jaxtricks_cnn_parameter_shapes(torch_baseline, use_batch_norm):
     """Layer for layer the same weights (transposed to PyTorch's layout), so the same model."""
     model = CNN(features=(8, 16), hidden=32, use_batch_norm=use_batch_norm)

@@ -8,6 +8,7 @@ from jaxtricks.data.splits import SCALINGS, load_splits
 
 
 @pytest.mark.parametrize("scaling", SCALINGS)
+@pytest.mark.slow
 def test_load_splits_gives_disjoint_scaled_real_subsets(scaling):
     data = load_splits("mnist", train_examples=500, test_examples=200,
                             validation_examples=300, scaling=scaling)

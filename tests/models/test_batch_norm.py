@@ -82,6 +82,7 @@ def test_bad_arguments_are_refused(kwargs, message):
 
 
 @pytest.mark.parametrize("shape", [(16, 5), (8, 7, 7, 3)])
+@pytest.mark.slow
 def test_the_layer_equals_flax_in_training_and_evaluation(shape, allclose):
     x, _, _ = _inputs(shape, seed=3)
     ours, flax = BatchNorm(momentum=0.8), nn.BatchNorm(momentum=0.8)

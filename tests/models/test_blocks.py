@@ -61,6 +61,7 @@ def test_logits_shape_and_dtype(name, use_batch_norm, dropout_rate, images, getk
 
 
 @pytest.mark.parametrize("name", FACTORIES)
+@pytest.mark.slow
 def test_compute_dtype_keeps_float32_params_and_logits(name, images, getkey):
     model = FACTORIES[name](use_batch_norm=True, dtype=jnp.bfloat16)
     variables = init(model, images, getkey())

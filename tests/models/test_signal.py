@@ -66,6 +66,7 @@ def _numpy_mlp(params, x, labels, batch_stats_mode):
 
 
 @pytest.mark.parametrize("use_batch_norm", [False, True])
+@pytest.mark.slow
 def test_mlp_matches_a_numpy_forward_and_backward_pass(getkey, perturb, use_batch_norm):
     model = MLP(features=(16, 8), num_classes=5, use_batch_norm=use_batch_norm)
     x, labels = _batch(getkey(), (32, 12), classes=5)
@@ -85,6 +86,7 @@ def test_mlp_matches_a_numpy_forward_and_backward_pass(getkey, perturb, use_batc
         np.testing.assert_allclose(actual, wanted, rtol=2e-4, atol=1e-7, err_msg=name)
 
 
+@pytest.mark.slow
 def test_deep_relu_mlp_explodes_with_unit_normal_and_holds_with_he(getkey):
     width, depth = 128, 10
     x, labels = _batch(getkey(), (256, width))
@@ -106,6 +108,7 @@ def test_deep_relu_mlp_explodes_with_unit_normal_and_holds_with_he(getkey):
     assert np.all((grads > 0.5 * grads[-1]) & (grads < 2.0 * grads[-1]))
 
 
+@pytest.mark.slow
 def test_cnn_in_training_mode_names_layers_and_measures_before_batch_norm(getkey):
     model = CNN(features=(4, 8), hidden=16, use_batch_norm=True)
     x, labels = _batch(getkey(), (8, 12, 12, 1))
@@ -126,6 +129,7 @@ def test_cnn_in_training_mode_names_layers_and_measures_before_batch_norm(getkey
     np.testing.assert_allclose(float(signals["head"].grad_std), float(grad.std()), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_resnet_reports_every_conv_in_call_order(getkey):
     model = ResNet(stage_sizes=(1, 1), width=4, use_batch_norm=True)
     x, labels = _batch(getkey(), (4, 8, 8, 1))

@@ -10,6 +10,6 @@ from hypothesis import HealthCheck, settings
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
 
-settings.register_profile("default", max_examples=10, **_COMMON)
+settings.register_profile("default", max_examples=6, **_COMMON)
 settings.register_profile("ci", max_examples=100, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -52,6 +52,7 @@ def with_state(init, update):
     [jt.adam(0.1, eps=1e-4), jt.sgd(0.1, momentum=0.9), jt.clip_by_global_norm(1.0)],
     ids=["adam", "sgd_momentum", "clip_by_global_norm"],
 )
+@pytest.mark.slow
 def test_a_correct_transform_passes_every_check(tx):
     check_transform(tx, PARAMS, GRADS)
 

@@ -117,6 +117,7 @@ def metadata_file(directory, step):
 # --------------------------------------------------------------------------- CheckpointManager
 
 
+@pytest.mark.slow
 def test_round_trip_is_bit_exact(tmp_path, state):
     odd = {
         "bf16": jnp.linspace(-1, 1, 7, dtype=jnp.bfloat16),
@@ -447,6 +448,7 @@ def test_resume_without_checkpoints_starts_afresh_and_a_finished_run_stays(tmp_p
     assert CheckpointManager(tmp_path).steps() == steps
 
 
+@pytest.mark.slow
 def test_a_resumed_run_trains_the_epochs_its_call_asks_for(tmp_path, reference):
     """A run of 3 epochs interrupted after step 12 and resumed by a call asking for 5 epochs
     goes on to epoch 5, as a run of 5 epochs never interrupted; resumed by a call asking for

@@ -253,6 +253,7 @@ def test_a_learning_rate_sweep_equals_separate_runs():
     assert len(set(losses)) == 3
 
 
+@pytest.mark.slow
 def test_the_ensemble_step_is_shared_and_steps_every_member():
     model, optimizer = TinyNet(), sgd(0.1)
     assert make_ensemble_train_step(model, optimizer) is make_ensemble_train_step(

@@ -104,6 +104,7 @@ def test_history_has_every_key_and_learns(reference):
 
 
 @pytest.mark.parametrize("runner", ["loop", "scan", "auto"])
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_training_with_every_runner(reference, runner, monkeypatch):
     monkeypatch.setattr(epochs, "_CHOICES", {})
     expected_state, expected_history = reference
@@ -182,6 +183,7 @@ def test_nonfinite_examples_are_skipped_and_counted():
     assert history["val_accuracy"][-1] > 0.9
 
 
+@pytest.mark.slow
 def test_learning_rate_is_read_from_the_optimizer_and_callbacks_can_stop(capsys):
     schedule = optax.linear_schedule(0.05, 0.01, transition_steps=3 * STEPS)
     calls = []

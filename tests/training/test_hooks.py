@@ -113,6 +113,7 @@ class Recorder(Hook):
         self.calls.append(("train_end", run.epoch))
 
 
+@pytest.mark.slow
 def test_hooks_are_called_in_the_documented_order():
     recorder = Recorder()
     run(recorder, EvaluationHook("test", TEST_IMAGES, TEST_LABELS), epochs=2)
@@ -299,6 +300,7 @@ def test_averaged_params_are_evaluated_with_fresh_batch_stats():
     assert history["val_loss_averaged"][0] != pytest.approx(history["val_loss"][0], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_averaging_without_batch_norm_equals_the_raw_params_at_first():
     model = TinyNet(batch_norm=False, dropout_rate=0.0)
     _, history = run(AveragingHook(swa_params(start=3)), model=model, epochs=4)
@@ -327,6 +329,7 @@ def test_early_stopping_on_the_averaged_metric_restores_averaged_params():
 # ---------------------------------------------------------------------------------- plateau
 
 
+@pytest.mark.slow
 def test_reduce_on_plateau_scales_the_following_epochs():
     plateau = epoch_plateau(factor=0.5, patience=1, min_delta=NEVER)
     optimizer = optax.chain(OPTIMIZER, scale_by_plateau(plateau))
@@ -368,6 +371,7 @@ def test_all_tricks_together_on_a_mesh():
     assert int(state.step) == 4 * STEPS
 
 
+@pytest.mark.slow
 def test_a_hook_given_to_a_second_run_starts_afresh():
     stopping, averaging = EarlyStoppingHook(patience=2, min_delta=NEVER), AveragingHook(
         polyak_params())

@@ -167,6 +167,7 @@ TRAIN_STEP_POISONS = {
 GRADIENT_ONLY_POISONS = {40}
 
 
+@pytest.mark.slow
 def test_train_step_skips_poisoned_steps_and_keeps_learning():
     train_step = make_train_step(MODEL, ADAM, skip_nonfinite=True)
     state = initial_state(ADAM)
@@ -279,6 +280,7 @@ def test_optimizer_wrapper_cannot_guard_batch_statistics_from_a_bad_input(value)
     assert all_finite(before.model_state) and not all_finite(state.model_state)
 
 
+@pytest.mark.slow
 def test_an_infinity_the_optimizer_state_holds_on_purpose_is_not_a_bad_step():
     """A plateau's best metric is +inf until one is observed: steps that keep it are applied,
     while a step that writes a new infinity is still skipped."""

@@ -134,6 +134,7 @@ def test_bad_policies_are_refused(make, match):
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])
+@pytest.mark.slow
 def test_the_step_computes_in_the_compute_dtype_and_keeps_float32_state(name):
     policy = precision_policy(name)
     state = create_train_state(Probe(), OPTIMIZER, jax.random.key(0), batch()[0],
@@ -270,6 +271,7 @@ def test_a_poisoned_step_is_skipped_and_keeps_the_scale():
                        (state.params, state.model_state, state.opt_state))
 
 
+@pytest.mark.slow
 def test_fit_counts_overflows_apart_from_skipped_steps_and_still_learns():
     _, history = fit(NET, OPTIMIZER, IMAGES, LABELS, epochs=3, batch_size=BATCH,
                      validation_data=(VAL_IMAGES, VAL_LABELS), progress=False,

@@ -99,6 +99,7 @@ def test_a_mixup_run_continues_bit_identically():
     assert expected_history["val_accuracy"][-1] > 0.9
 
 
+@pytest.mark.slow
 def test_the_default_loss_and_accuracy_take_soft_targets(getkey):
     logits = jax.random.normal(getkey(), (6, CLASSES))
     labels = jax.random.randint(getkey(), (6,), 0, CLASSES)

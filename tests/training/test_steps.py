@@ -83,6 +83,7 @@ def numpy_loss_and_accuracy(state, images, labels):
     return loss, accuracy
 
 
+@pytest.mark.slow
 def test_train_step_reduces_loss(train_step):
     state = fresh_state()
     losses, accuracies = [], []
@@ -183,6 +184,7 @@ def test_batch_stats_move_in_train_step_only(train_step, eval_step):
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])
+@pytest.mark.slow
 def test_nonfinite_batch_is_skipped_and_training_goes_on(train_step, bad_value):
     state = fresh_state()
     losses = []
@@ -206,6 +208,7 @@ def test_nonfinite_batch_is_skipped_and_training_goes_on(train_step, bad_value):
     assert losses[-5:].mean() < losses[7:12].mean()
 
 
+@pytest.mark.slow
 def test_without_skipping_a_nan_batch_poisons_the_params():
     train_step = make_train_step(MODEL, OPTIMIZER, skip_nonfinite=False)
     images, labels = batch(0)
@@ -215,6 +218,7 @@ def test_without_skipping_a_nan_batch_poisons_the_params():
 
 
 @pytest.mark.parametrize("batch_size", [16, 64])
+@pytest.mark.slow
 def test_evaluate_counts_every_example_once(train_step, eval_step, batch_size):
     state = fresh_state()
     for i in range(5):
@@ -283,6 +287,7 @@ class _ListNet(nn.Module):
         return nn.Dense(self.features[0])(x.reshape((x.shape[0], -1)))
 
 
+@pytest.mark.slow
 def test_equal_arguments_share_one_compiled_step():
     assert make_train_step(TinyNet(), OPTIMIZER) is make_train_step(TinyNet(), OPTIMIZER)
     assert make_eval_step(TinyNet()) is make_eval_step(TinyNet())
@@ -329,6 +334,7 @@ def _pytree_loss(outputs, y):
     return (outputs["mean"] - y["mean"]) ** 2 + (outputs["scale"] - y["scale"]) ** 2
 
 
+@pytest.mark.slow
 def test_pytree_inputs_and_targets_with_a_loss_and_metric_of_ones_own():
     model, tx = _Regressor(), jt.adam(1e-2)
     x = {"pixels": jnp.asarray(IMAGES[:BATCH]), "bias": jnp.linspace(-1, 1, BATCH)}

@@ -160,6 +160,7 @@ RMS_STATES = {
 
 @pytest.mark.parametrize("case", list(RMS_CASES))
 @pytest.mark.parametrize("dtype", [np.float32, np.complex64])
+@pytest.mark.slow
 def test_rms_matches_numpy(case, dtype):
     kwargs = {"centered": False, "eps_in_sqrt": True, "bias_correction": False, **RMS_CASES[case]}
     grads = _grads(dtype=dtype)

@@ -161,6 +161,7 @@ def test_jit_compiles_the_step_once():
     assert step._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_works_inside_chain_and_multi_steps():
     params = _tree(0)
     inner = lambda: optax.chain(opt.adam(0.01), optax.scale(0.5))
@@ -208,6 +209,7 @@ def test_mismatched_updates_or_params_raise_value_error(change, match):
         tx.update(_tree(1), state, change(params))
 
 
+@pytest.mark.slow
 def test_flat_params_round_trip_and_flat_gradients():
     params = _tree(0)
     buffers, unflatten = flat_params(params)
@@ -226,6 +228,7 @@ def test_flat_params_round_trip_and_flat_gradients():
         )
 
 
+@pytest.mark.slow
 def test_flat_params_train_like_the_tree():
     params = _tree(0)
     buffers, unflatten = flat_params(params)

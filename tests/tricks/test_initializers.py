@@ -410,6 +410,7 @@ def test_output_dtype_is_requested_and_rounds_the_float32_draw(factory, dtype, g
 
 
 @pytest.mark.parametrize("factory", FACTORIES)
+@pytest.mark.slow
 def test_float64_under_x64(factory, getkey):
     with jax.enable_x64(True):
         w = np.asarray(factory()(getkey(), (5, 5, 1, 32), jnp.float64))
@@ -419,6 +420,7 @@ def test_float64_under_x64(factory, getkey):
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.slow
 def test_factory_dtype_is_the_default(dtype, getkey):
     key = getkey()
     for init in (ini.variance_scaling(1.0, "fan_in", "normal", dtype=dtype),

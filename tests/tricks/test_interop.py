@@ -77,6 +77,7 @@ def test_mixed_chain_equals_the_all_optax_chain(mixed, allclose):
 
 
 @pytest.mark.parametrize("name", list(opt.OPTIMIZERS))
+@pytest.mark.slow
 def test_every_optimizer_under_inject_hyperparams(name, allclose):
     tx = optax.inject_hyperparams(opt.OPTIMIZERS[name])(learning_rate=1e-3)
     state = tx.init(PARAMS)

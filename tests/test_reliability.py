@@ -53,8 +53,10 @@ def test_an_extreme_value_in_training_data_never_poisons_the_state(model_name, w
             images[row] = value
     model = MLP(features=(32,)) if model_name == "mlp" else CNN(features=(4, 8), hidden=16,
                                                                   use_batch_norm=True)
+    # runner="loop": choosing a runner compiles a lax.scan one too, and XLA:CPU's compiler
+    # segfaulted there twice in long-lived test workers (not reproduced alone; see the notes).
     state, history = fit(model, jt.adam(1e-3), images, labels, epochs=2, batch_size=32,
-                         progress=False)
+                         progress=False, runner="loop")
     assert _finite((state.params, state.model_state, state.opt_state))
     skipped = sum(record.skipped_steps for record in history.epochs)
     # At most the two poisoned batches of each epoch are skipped; all others train.

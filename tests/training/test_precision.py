@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 from flax.training.dynamic_scale import DynamicScale
-from training_toys import CLASSES, TinyNet, toy_problem
+from training_toys import CLASSES, TinyNet, assert_trees_equal, host, toy_problem
 
 import jaxtricks as jt
 from jaxtricks.models import CNN, MLP
@@ -60,23 +60,6 @@ def probe_loss(outputs, labels):
 def batch(i=0):
     start = (i * BATCH) % len(IMAGES)
     return jnp.asarray(IMAGES[start:start + BATCH]), jnp.asarray(LABELS[start:start + BATCH])
-
-
-def host(tree):
-    def to_host(leaf):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        return np.asarray(leaf)
-
-    return jax.tree.map(to_host, tree)
-
-
-def assert_trees_equal(actual, expected):
-    actual_leaves, actual_def = jax.tree.flatten(host(actual))
-    expected_leaves, expected_def = jax.tree.flatten(host(expected))
-    assert actual_def == expected_def
-    for a, e in zip(actual_leaves, expected_leaves, strict=True):
-        np.testing.assert_array_equal(a, e)
 
 
 def float_dtypes(tree):

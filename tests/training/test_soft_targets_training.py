@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from training_toys import CLASSES, TinyNet, toy_problem
+from training_toys import CLASSES, TinyNet, assert_trees_equal, host, toy_problem
 
 import jaxtricks as jt
 from jaxtricks.training import accuracy, create_train_state, fit, make_train_step
@@ -24,23 +24,6 @@ IMAGES, LABELS = toy_problem(seed=0, num_examples=256)
 VAL_IMAGES, VAL_LABELS = toy_problem(seed=1, num_examples=64)
 BATCH = 32
 MIXUP = jt.mixup(0.4, CLASSES)
-
-
-def host(tree):
-    def to_host(leaf):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        return np.asarray(leaf)
-
-    return jax.tree.map(to_host, tree)
-
-
-def assert_trees_equal(actual, expected):
-    actual_leaves, actual_def = jax.tree.flatten(host(actual))
-    expected_leaves, expected_def = jax.tree.flatten(host(expected))
-    assert actual_def == expected_def
-    for a, e in zip(actual_leaves, expected_leaves, strict=True):
-        np.testing.assert_array_equal(a, e)
 
 
 def assert_trees_close(actual, expected):

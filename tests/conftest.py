@@ -17,6 +17,15 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_code_freed_after_each_module():
+    """Drops JAX's compiled executables after each test module, so a long-lived pytest-xdist
+    worker does not hold those of every module it ran (XLA:CPU crashed compiling in workers
+    that had grown to several GB)."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture
 def getkey():
     """A function returning a fresh PRNG key on each call, reproducible per test."""

@@ -5,6 +5,13 @@ condition) then reuse one ``jit`` function and its compiled executables instead 
 again. Linen modules compare by their fields, Optax transformations by their functions, NNX
 modules (through :class:`~jaxtricks.training.model.FunctionalModel`) by their graph
 definitions.
+
+A function compiled for one train or eval step takes that step as a closed-over constant
+(:func:`jit_with`), never as a static argument of a module-level ``jit``: JAX keeps each static
+argument of such a function, and every executable compiled for it, for the life of the process
+(up to thousands of entries), so a sweep of fits in one process would grow by the size of each
+fit's executables. Built through :func:`shared`, they are freed once the 64 most recent builds
+no longer include them.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["shared"]
+import jax
+
+__all__ = ["jit_with", "shared"]
 
 
 def shared(build: Callable[..., Any], *args: Any) -> Any:
-    """``build(*args)``, one object for equal hashable arguments (the 32 most recent).
+    """``build(*args)``, one object for equal hashable arguments (the 64 most recent).
 
     Unhashable arguments get a fresh build.
 
@@ -33,6 +42,27 @@ def shared(build: Callable[..., Any], *args: Any) -> Any:
     return _cached(build, *args)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=64)
 def _cached(build: Callable[..., Any], *args: Any) -> Any:
     return build(*args)
+
+
+def jit_with(fn: Callable[..., Any], first: Any, *, donate_argnums: tuple[int, ...] = ()) -> Any:
+    """``jax.jit(functools.partial(fn, first), donate_argnums=...)``, one per equal arguments.
+
+    ``first`` (a step function, say) is bound into the jitted function instead of passed as a
+    static argument, so the compiled executables live as long as this jitted function does (in
+    the cache of :func:`shared`), not as long as the process.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> def scale(factor, x): return factor * x
+        >>> f = jit_with(scale, 3.0)
+        >>> float(f(jnp.ones(()))), f is jit_with(scale, 3.0)
+        (3.0, True)
+    """
+    return shared(_jit_partial, fn, first, tuple(donate_argnums))
+
+
+def _jit_partial(fn: Callable[..., Any], first: Any, donate_argnums: tuple[int, ...]) -> Any:
+    return jax.jit(functools.partial(fn, first), donate_argnums=donate_argnums)

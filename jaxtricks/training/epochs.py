@@ -34,6 +34,7 @@ import numpy as np
 from jax import lax
 
 from jaxtricks.backend import speed_paths
+from jaxtricks.training.caching import jit_with
 from jaxtricks.training.state import TrainState
 
 RUNNERS = ("loop", "scan")
@@ -129,13 +130,9 @@ def _loop_body(train_step, state, totals, data, indices):
     return _one_step(train_step, state, totals, data, indices, totals["steps"])
 
 
-# train_step is a static argument, so compiling again for the same step function and shapes (a
-# second runner choice, a second epoch loop) is a cache hit, not a new compilation.
-_loop_step = jax.jit(_loop_body, static_argnums=0, donate_argnums=1)
-_loop_step_keeping = jax.jit(_loop_body, static_argnums=0)
-
-
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+# Jitted per train step through jit_with, so compiling again for the same step function and
+# shapes (a second runner choice, a second fit) is a cache hit, and a step's executables are freed
+# with it.
 def _scan_steps(train_step, state, totals, data, indices, start, stop):
     def body(i, carry):
         return _one_step(train_step, *carry, data, indices, i)
@@ -223,10 +220,11 @@ def compile_epoch_runner(
     totals = _zero_totals(metrics_like)
     begin = time.perf_counter()
     if runner == "loop":
-        loop_step = _loop_step if donate else _loop_step_keeping
-        lowered = loop_step.lower(train_step, state, totals, data, indices)
+        loop_step = jit_with(_loop_body, train_step, donate_argnums=(0,) if donate else ())
+        lowered = loop_step.lower(state, totals, data, indices)
     else:
-        lowered = _scan_steps.lower(train_step, state, totals, data, indices, 0, 1)
+        scan_steps = jit_with(_scan_steps, train_step, donate_argnums=(0,))
+        lowered = scan_steps.lower(state, totals, data, indices, 0, 1)
     compiled = lowered.compile()
     totals_like = jax.tree.map(
         lambda total, sharding: jax.ShapeDtypeStruct(total.shape, total.dtype, sharding=sharding),

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxtricks.training.caching import shared
+from jaxtricks.training.caching import jit_with, shared
 from jaxtricks.training.epochs import epoch_indices
 from jaxtricks.training.hyperparams import set_hyperparams
 from jaxtricks.training.model import functional_model
@@ -175,7 +175,6 @@ class _Sweep(NamedTuple):
     stop: jax.Array  # shape=(), int32: index into STOP_REASONS (0 while running)
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _sweep_step(train_step, carry: _Sweep, data, indices, learning_rates, smoothing,
                 diverge_factor) -> _Sweep:
     i = carry.step
@@ -369,10 +368,11 @@ def find_learning_rate(
                    jnp.zeros((), jnp.int32))
     arguments = (data, indices, jnp.asarray(rates, jnp.float32), jnp.float32(smoothing),
                  jnp.float32(jnp.inf if diverge_factor is None else diverge_factor))
+    sweep_step = jit_with(_sweep_step, train_step)
     done = 0
     while done < num_steps:
         for _ in range(min(_CHECK_EVERY, num_steps - done)):
-            carry = _sweep_step(train_step, carry, *arguments)
+            carry = sweep_step(carry, *arguments)
         done += _CHECK_EVERY
         if int(carry.stop):
             break

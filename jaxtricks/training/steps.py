@@ -48,7 +48,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtricks.backend import speed_paths
-from jaxtricks.training.caching import shared
+from jaxtricks.training.caching import jit_with, shared
 from jaxtricks.training.model import FunctionalModel, functional_model
 from jaxtricks.training.precision import LossScaleState, Precision, as_precision
 from jaxtricks.training.sharding import (
@@ -539,10 +539,11 @@ def _build_eval_step(fm: FunctionalModel, objective, mesh, paths, precision):
     return jax.jit(eval_step)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _eval_batch(eval_step, state, data, start, batch_size, totals):
+def _eval_batch(step_and_size, state, data, start, totals):
     """Adds the sums of examples [start, start + batch_size) to ``totals``; rows past the end
-    repeat the last example and are masked out, so every batch has one shape."""
+    repeat the last example and are masked out, so every batch has one shape. Jitted per
+    ``(eval_step, batch_size)`` through :func:`~jaxtricks.training.caching.jit_with`."""
+    eval_step, batch_size = step_and_size
     num_examples = _batch_size(data[0])
     index = start + jnp.arange(batch_size, dtype=jnp.int32)
     mask = index < num_examples
@@ -606,8 +607,9 @@ def evaluate(
     # Across processes one batch at a time: with dozens in flight, two processes on XLA:CPU
     # with gloo collectives hung (evaluating 10,000 MNIST images, jaxlib 0.10.2).
     one_at_a_time = jax.process_count() > 1
+    eval_batch = jit_with(_eval_batch, (eval_step, batch_size))
     for start in range(0, num_examples, batch_size):
-        totals = _eval_batch(eval_step, state, data, start, batch_size, totals)
+        totals = eval_batch(state, data, start, totals)
         if one_at_a_time:
             jax.block_until_ready(totals)
     totals = jax.device_get(totals)

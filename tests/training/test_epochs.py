@@ -219,3 +219,26 @@ def test_choose_runner_measures_both_then_caches(train_step, monkeypatch):
     again, cached = choose_runner(train_step, state, DATA, indices)
     assert cached["cached"] is True and again.name == runner.name
     assert cached["step_time_s"] == times and set(cached["compile_time_s"]) == {runner.name}
+
+
+def test_compiled_runners_and_evaluation_die_with_their_step(monkeypatch):
+    # A step function compiled into runners must not outlive them: JAX keeps the static
+    # arguments of a module-level jit (and their executables) for the life of the process.
+    import gc
+    import weakref
+
+    from jaxtricks.training import caching
+    from jaxtricks.training.steps import evaluate, make_eval_step
+
+    monkeypatch.setattr(epochs, "_CHOICES", {})
+    step = make_train_step(MODEL, optax.sgd(0.1))  # a new optimizer: a step no other test shares
+    eval_step = make_eval_step(MODEL)
+    indices = epoch_indices(DATA_KEY, 1, NUM_EXAMPLES, BATCH)
+    runner, _ = choose_runner(step, fresh_state(), DATA, indices)
+    state, _ = run_epoch(runner, fresh_state(), DATA, indices)
+    evaluate(eval_step, state, IMAGES, LABELS, batch_size=64)
+    refs = [weakref.ref(step), weakref.ref(eval_step)]
+    del step, eval_step, runner, state
+    caching._cached.cache_clear()
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]

@@ -13,7 +13,11 @@ and the model's new state m' (batch statistics move to their new running average
 ``skip_nonfinite`` a step that would write a NaN or ±Inf anywhere — the loss, the gradients, the
 updates, θ', o' or m' — keeps θ_t, o_t and m_t bit for bit and counts as skipped, so one bad
 batch (or one extreme but finite value that overflows later in the step) cannot poison the
-run; t advances either way.
+run; t advances either way. It checks L, the global norm ‖g‖ (which the step reports anyway; a
+norm beyond float32's range counts as non-finite too) and θ', o', m' against θ_t, o_t, m_t (an
+infinity a leaf held already is allowed: a plateau's best metric starts at +inf). The updates
+need no pass of their own: θ' = θ_t + u is non-finite wherever u is, but where θ_t held that
+same infinity already.
 
 A batch transform (e.g. :func:`~jaxtricks.tricks.soft_targets.mixup`) replaces the batch by
 ``batch_transform(b_t, (x, y))`` first, with b_t = fold_in(k_t, 1): its randomness is a stream
@@ -425,9 +429,12 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
             opt_state = LossScaleState(new_scale, opt_state)
         new = TrainState(optax.safe_increment(state.step), params, model_state, opt_state,
                          state.rng)
+        grad_norm = global_norm(grads, at_least_float32=True)
         if skip_nonfinite or scaled:
             if skip_nonfinite:
-                applied = (jnp.isfinite(loss) & _inexact_finite((grads, updates))
+                # The updates through θ' = θ + u (see the module's docstring), the gradients
+                # through their norm: one pass over each tree the step writes.
+                applied = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
                            & _inexact_finite(new, state))
             else:
                 applied = jnp.logical_not(overflow)
@@ -453,7 +460,7 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
         for name, fn in objective.metrics:
             values[name] = jnp.mean(_per_example(f"metrics[{name!r}]", fn(outputs, y), size))
             values[name] = values[name].astype(jnp.float32)
-        values["grad_norm"] = global_norm(grads, at_least_float32=True).astype(jnp.float32)
+        values["grad_norm"] = grad_norm.astype(jnp.float32)
         values["skipped"] = skipped
         if scaled:
             values["overflow"] = overflow.astype(jnp.int32)

@@ -19,6 +19,7 @@ from jaxtricks.training import (
     lr_finder,
     suggest_learning_rates,
 )
+from jaxtricks.training.caching import jit_with
 
 # ---- suggest_learning_rates on curves whose answers are known ------------------------------
 
@@ -135,11 +136,20 @@ def test_adam_on_mnist_sweeps_smooths_stops_and_suggests(mnist):
 
 
 @pytest.mark.slow
-def test_same_seed_same_curve_other_seed_other_curve_one_compilation(mnist):
+def test_same_seed_same_curve_other_seed_other_curve_one_compilation(mnist, monkeypatch):
+    sweeps = []
+
+    def recording_jit_with(fn, first, **kwargs):
+        sweeps.append(jit_with(fn, first, **kwargs))
+        return sweeps[-1]
+
+    monkeypatch.setattr(lr_finder, "jit_with", recording_jit_with)
     first = _find(mnist, num_steps=30, max_lr=1e-2)
-    compiled = lr_finder._sweep_step._cache_size()
+    compiled = sweeps[0]._cache_size()
     again = _find(mnist, num_steps=30, max_lr=1e-2)
-    assert lr_finder._sweep_step._cache_size() == compiled  # rates are values, not constants
+    # One jitted sweep, not compiled again: the rates are values, not constants.
+    assert len(sweeps) == 2 and sweeps[0] is sweeps[1]
+    assert sweeps[0]._cache_size() == compiled
     np.testing.assert_array_equal(first.losses, again.losses)
     other = _find(mnist, num_steps=30, max_lr=1e-2, seed=1)
     assert not np.array_equal(first.losses, other.losses)

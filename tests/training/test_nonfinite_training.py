@@ -300,3 +300,26 @@ def test_an_infinity_the_optimizer_state_holds_on_purpose_is_not_a_bad_step():
     assert int(metrics["skipped"]) == 1
     assert_bit_identical(state.params, before.params)
     assert_bit_identical(state.opt_state, before.opt_state)
+
+
+@pytest.mark.parametrize(("gradient_scale", "skipped"), [(1e18, 0), (1e30, 1)])
+def test_finite_gradients_whose_norm_leaves_float32_count_as_non_finite(gradient_scale, skipped):
+    """The guard sees the gradients through their global norm: every gradient finite, but a sum
+    of squares beyond float32's range (1e30² ≫ 3.4e38) skips the step; 1e18 does not."""
+    def huge_loss(outputs, labels):
+        del labels
+        return gradient_scale * jnp.sum(outputs, axis=-1)
+
+    model = nn.Dense(4)
+    optimizer = optax.sgd(1e-40)  # updates stay tiny and finite either way
+    state = create_train_state(model, optimizer, jax.random.key(0), jnp.ones((2, 3)))
+    train_step = make_train_step(model, optimizer, loss_fn=huge_loss, metrics={})
+    before = jax.tree.map(np.asarray, state.params)
+    state, metrics = train_step(state, (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32)))
+    assert int(metrics["skipped"]) == skipped
+    assert np.isfinite(float(metrics["grad_norm"])) == (not skipped)
+    grads = jax.grad(lambda p: jnp.mean(huge_loss(model.apply(p, jnp.ones((2, 3))), None)))(
+        {"params": before})
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(grads))
+    if skipped:
+        assert_bit_identical(state.params, before)

@@ -1,0 +1,41 @@
+"""The repeated-fits memory benchmark runs on real MNIST and reports what it measured."""
+
+import importlib
+import json
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def repeated_fits():
+    """``benchmarks.repeated_fits`` from the repository root (see test_train_throughput)."""
+    sys.path.insert(0, str(ROOT))
+    package = sys.modules.get("benchmarks")
+    if package is not None and getattr(package, "__file__", None) is None:
+        del sys.modules["benchmarks"]
+    try:
+        yield importlib.import_module("benchmarks.repeated_fits")
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+@pytest.mark.slow
+def test_a_quick_run_records_the_resident_size_after_every_few_fits(repeated_fits, capsys):
+    record = repeated_fits.main(["--quick"])
+    (line,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+               if line.startswith("{")]
+    assert line == json.loads(json.dumps(record))
+    assert [point["fits"] for point in record["rss_mib"]] == [2, 4]
+    assert all(point["rss_mib"] > 50 for point in record["rss_mib"])
+    first, last = record["rss_mib"]
+    assert record["growth_mib_per_fit_second_half"] == pytest.approx(
+        (last["rss_mib"] - first["rss_mib"]) / 2, abs=0.05)
+
+
+def test_bad_counts_are_refused(repeated_fits):
+    with pytest.raises(SystemExit):
+        repeated_fits.main(["--fits", "1"])

@@ -52,11 +52,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             series.append((done, resident_mib()))
     half = [point for point in series if point[0] >= args.fits / 2]
     first, last = half[0], half[-1]
-    growth = (last[1] - first[1]) / (last[0] - first[0]) if last[0] > first[0] else 0.0
+    # None when the second half holds a single measurement: no slope to report.
+    growth = (round((last[1] - first[1]) / (last[0] - first[0]), 3) if last[0] > first[0]
+              else None)
     record = {
         "benchmark": "repeated_fits", "fits": args.fits,
         "rss_mib": [{"fits": fits, "rss_mib": round(rss, 1)} for fits, rss in series],
-        "growth_mib_per_fit_second_half": round(growth, 3), **machine(),
+        "growth_mib_per_fit_second_half": growth, **machine(),
     }
     emit(record)
     table([[fits, f"{rss:.1f}"] for fits, rss in series], ["fits", "RSS MiB"])

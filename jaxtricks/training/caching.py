@@ -6,12 +6,15 @@ again. Linen modules compare by their fields, Optax transformations by their fun
 modules (through :class:`~jaxtricks.training.model.FunctionalModel`) by their graph
 definitions.
 
-A function compiled for one train or eval step takes that step as a closed-over constant
-(:func:`jit_with`), never as a static argument of a module-level ``jit``: JAX keeps each static
-argument of such a function, and every executable compiled for it, for the life of the process
-(up to thousands of entries), so a sweep of fits in one process would grow by the size of each
-fit's executables. Built through :func:`shared`, they are freed once the 64 most recent builds
-no longer include them.
+A function compiled for one train or eval step (an epoch runner, a batch of evaluation, the
+learning-rate sweep) takes that step as a closed-over constant (:func:`jit_with`), not as a
+static argument of a module-level ``jit``: JAX keeps each static argument of such a function,
+and every executable compiled for it, for the life of the process (up to thousands of entries),
+so a sweep of fits in one process would grow by the size of each fit's executables. Built
+through :func:`shared`, they are freed once the 64 most recent builds no longer include them.
+(A few module-level jits still take a model as a static argument, in averaging, ensembles,
+LSUV and signal propagation: equal models share their entries, so only a sweep over many
+different models grows them.)
 """
 
 from __future__ import annotations

@@ -124,9 +124,10 @@ def fit(
             state comes from k_init, the data order of epoch e is permutation(fold_in(k_data, e)).
         initial_state: a state to continue from instead of a fresh one; its step must be a
             whole number of epochs of this batch size, and epoch numbers continue from there.
-        skip_nonfinite: skip the steps that would write a NaN or Inf anywhere in the state
-            (see :func:`~jaxtricks.training.steps.make_train_step`); they are counted per
-            epoch (``skipped_steps``).
+        skip_nonfinite: skip the steps that would write a NaN or Inf anywhere in the state,
+            or whose gradients' global norm is not finite (see
+            :func:`~jaxtricks.training.steps.make_train_step`); they are counted per epoch
+            (``skipped_steps``).
         mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
             parallel; ``batch_size`` must divide by its number of devices. Same seed, same run
             as on one device, up to float32 summation order. A mesh over several processes'

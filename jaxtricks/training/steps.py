@@ -280,7 +280,10 @@ def make_train_step(
             ``{"accuracy": accuracy}`` with the default loss, none otherwise.
         skip_nonfinite: if True, a step that would write a NaN or Inf into the loss,
             gradients, updates, parameters, optimizer state or model state leaves the state
-            unchanged (but for ``step``, which advances) and reports ``skipped = 1``.
+            unchanged (but for ``step``, which advances) and reports ``skipped = 1``. The
+            gradients count as non-finite when their global norm is (also when finite
+            gradients have a norm beyond float32's range, above about 1.8e19); an infinity a
+            state leaf held already may stay (see the module's docstring).
         mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
             parallel: the batch is split along its leading axis (its size must divide by the
             number of devices) and the state is kept as

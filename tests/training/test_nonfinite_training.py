@@ -323,3 +323,18 @@ def test_finite_gradients_whose_norm_leaves_float32_count_as_non_finite(gradient
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(grads))
     if skipped:
         assert_bit_identical(state.params, before)
+
+
+@pytest.mark.parametrize("factor", [np.nan, np.inf])
+def test_finite_gradients_with_non_finite_updates_are_skipped(factor):
+    """The guard sees the updates only through the new parameters and optimizer state: an
+    optimizer whose updates are NaN or Inf from finite gradients must still be caught."""
+    model, optimizer = nn.Dense(4), optax.chain(optax.trace(0.9), optax.scale(factor))
+    state = create_train_state(model, optimizer, jax.random.key(0), jnp.ones((2, 3)))
+    train_step = make_train_step(model, optimizer)
+    before = snapshot(state)
+    state, metrics = train_step(state, (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32)))
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert int(metrics["skipped"]) == 1
+    assert_bit_identical(state.params, before.params)
+    assert_bit_identical(state.opt_state, before.opt_state)

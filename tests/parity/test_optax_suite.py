@@ -4,8 +4,9 @@ Every selected Optax test (one that names a function jaxtricks shares with Optax
 calling Optax's functions (the baseline) and calling jaxtricks'. The run must prove that the
 redirection took effect (each test that ran called jaxtricks), and every test that passes
 against Optax but not against jaxtricks must be listed, under its reason, in the table of
-deliberate differences in docs/optax_parity.md. Both runs took 84 s on one core (the fixture's
-setup under ``taskset -c 0 pytest -n 0 tests/parity --durations=5``), so they are not ``slow``.
+deliberate differences in docs/optax_parity.md. Both runs take 84–88 s of one worker (the
+fixture's setup, ``pytest --durations``), the longest item of the quick suite, which must stay
+under 5 minutes on 2 cores: the module is ``slow``, run by ``./run test`` and CI.
 """
 
 import itertools
@@ -13,13 +14,14 @@ import itertools
 import optax_suite as suite
 import pytest
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def outcomes():
     return {target: suite.run(target) for target in ("optax", "jaxtricks")}
 
 
-@pytest.mark.slow
 def test_both_runs_select_the_same_tests(outcomes):
     assert set(outcomes["optax"]) == set(outcomes["jaxtricks"])
     # Every module contributes; a broken selection would lose whole modules, not a test or two.

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from training_toys import TinyNet, toy_problem
+from training_toys import TinyNet, host, toy_problem
 
 from jaxtricks.cli import train as train_cli
 from jaxtricks.cli.main import build_parser, main
@@ -61,16 +61,6 @@ def state():
         state, _ = train_step(state, (jnp.asarray(TRAIN_IMAGES[rows]), TRAIN_LABELS[rows]))
     return state
 
-
-def host(tree):
-    """The tree on the host, PRNG keys as their raw data."""
-
-    def to_host(leaf):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        return np.asarray(leaf)
-
-    return jax.tree.map(to_host, tree)
 
 
 def assert_bits_equal(actual, expected):

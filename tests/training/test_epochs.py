@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from training_toys import TinyNet, toy_problem
+from training_toys import TinyNet, host, toy_problem
 
 from jaxtricks.backend import speed_paths
 from jaxtricks.training import epochs
@@ -48,16 +48,6 @@ def runners(train_step):
 def fresh_state():
     return create_train_state(MODEL, OPTIMIZER, jax.random.key(0), IMAGES[:BATCH])
 
-
-def host(tree):
-    """The tree on the host, PRNG keys as their raw integer data."""
-
-    def to_host(leaf):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        return np.asarray(leaf)
-
-    return jax.tree.map(to_host, tree)
 
 
 def assert_trees_equal(actual, expected):

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from training_toys import CLASSES, TinyNet, toy_problem
+from training_toys import CLASSES, TinyNet, host, toy_problem
 
 import jaxtricks as jt
 from jaxtricks.backend import PLAIN, speed_paths, use_speed_paths
@@ -52,16 +52,6 @@ def reference():
     state, history = run()
     return host(state), history
 
-
-def host(tree):
-    """The tree on the host, PRNG keys as their raw integer data."""
-
-    def to_host(leaf):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        return np.asarray(leaf)
-
-    return jax.tree.map(to_host, tree)
 
 
 def assert_trees_equal(actual, expected):

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from training_toys import CLASSES, TinyNet, toy_problem
+from training_toys import CLASSES, TinyNet, host, toy_problem
 
 import jaxtricks as jt
 from jaxtricks.models import MLP
@@ -48,16 +48,6 @@ def batch(i):
 def copy(state):
     return jax.tree.map(lambda leaf: leaf.copy(), state)
 
-
-def host(tree):
-    """The tree on the host, PRNG keys as their raw integer data."""
-
-    def to_host(leaf):
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        return np.asarray(leaf)
-
-    return jax.tree.map(to_host, tree)
 
 
 # Compiled, because running the reference model op by op compiles every op on its own.

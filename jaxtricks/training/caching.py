@@ -64,6 +64,11 @@ def jit_with(fn: Callable[..., Any], first: Any, *, donate_argnums: tuple[int, .
         >>> float(f(jnp.ones(()))), f is jit_with(scale, 3.0)
         (3.0, True)
     """
+    if not callable(fn):
+        raise ValueError(f"fn must be a function, got {fn!r}")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+               for i in donate_argnums):
+        raise ValueError(f"donate_argnums must hold ints >= 0, got {donate_argnums!r}")
     return shared(_jit_partial, fn, first, tuple(donate_argnums))
 
 

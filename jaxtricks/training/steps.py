@@ -63,7 +63,7 @@ from jaxtricks.training.sharding import (
     train_state_sharding,
 )
 from jaxtricks.training.state import TrainState, as_optimizer
-from jaxtricks.tricks.tree import global_norm
+from jaxtricks.tricks.tree import accumulation_dtype, global_norm
 
 __all__ = [
     "RESERVED_METRICS",
@@ -237,6 +237,47 @@ def _inexact_finite(tree: Any, before: Any = None) -> jax.Array:
     return jnp.stack(flags).all() if flags else jnp.asarray(True)
 
 
+# Leaves at least this large, with a last axis at least this long, are tested through row sums.
+_ROW_SUM_MIN_SIZE = 4096
+_ROW_SUM_MIN_ROW = 16
+
+
+def _finite_by_row_sums(tree: Any) -> jax.Array:
+    """True only if every floating or complex leaf of ``tree`` is finite: a quick test whose
+    False :func:`_inexact_finite` must confirm.
+
+    A large real leaf is tested through its sums along the last axis, a matrix-vector product
+    with a ones vector accumulated in at least float32: a NaN or an infinity makes its row's
+    sum NaN or infinite, so finite sums mean finite values. XLA:CPU reads a leaf that way about
+    three times faster than through the reduction ``all(isfinite(x))``. The converse does not
+    hold (finite values whose sum leaves the dtype's range give False too), hence the exact
+    test behind it. Other leaves are tested element by element.
+    """
+    flags = []
+    for leaf in jax.tree.leaves(tree):
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            continue
+        if (jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size >= _ROW_SUM_MIN_SIZE
+                and leaf.shape[-1] >= _ROW_SUM_MIN_ROW):
+            rows = leaf.reshape(-1, leaf.shape[-1])
+            sums = jnp.dot(rows, jnp.ones(leaf.shape[-1], leaf.dtype),
+                           preferred_element_type=accumulation_dtype(leaf.dtype))
+            flags.append(jnp.all(jnp.isfinite(sums)))
+        else:
+            flags.append(jnp.all(jnp.isfinite(leaf)))
+    return jnp.stack(flags).all() if flags else jnp.asarray(True)
+
+
+def _state_finite(new: Any, old: Any, by_sums: bool) -> jax.Array:
+    """:func:`_inexact_finite` of ``new`` against ``old``; with ``by_sums``, computed only when
+    the quick :func:`_finite_by_row_sums` fails (one ``lax.cond``), with the same verdict."""
+    if not by_sums:
+        return _inexact_finite(new, old)
+    return jax.lax.cond(
+        _finite_by_row_sums(new), lambda: jnp.asarray(True), lambda: _inexact_finite(new, old)
+    )
+
+
 def _select(condition: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
     """``new`` where ``condition`` holds, else ``old``; PRNG keys (NNX's RNG state) included."""
     if jnp.issubdtype(new.dtype, jax.dtypes.prng_key):
@@ -379,7 +420,7 @@ def _casts(precision: Precision | None) -> tuple[Callable[[Any], Any], Callable[
 
 def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite, mesh,
                       shard_optimizer_state, donate, paths, precision, batch_transform):
-    del paths  # part of the cache key: the model's batch norm reads them when traced
+    # The paths are part of the cache key: the model's batch norm also reads them when traced.
     to_compute, to_output = _casts(precision)
     scaled = precision is not None and precision.loss_scale is not None
 
@@ -438,7 +479,7 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
                 # The updates through θ' = θ + u (see the module's docstring), the gradients
                 # through their norm: one pass over each tree the step writes.
                 applied = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-                           & _inexact_finite(new, state))
+                           & _state_finite(new, state, paths.finite_check_by_sums))
             else:
                 applied = jnp.logical_not(overflow)
             # A select, not lax.cond: XLA's GPU backend may run a conditional by copying its

@@ -9,9 +9,11 @@ from jaxtricks.backend import PLAIN, SpeedPaths, speed_paths, use_speed_paths
 def test_measured_paths_on_the_cpu_and_plain_elsewhere():
     cpu = speed_paths("cpu")
     assert cpu.batch_norm_custom_gradient and cpu.runner == "auto" and not cpu.donate_state
+    assert cpu.finite_check_by_sums
     for platform in ("gpu", "cuda", "rocm", "tpu", "metal"):
         assert speed_paths(platform) == PLAIN
-    assert PLAIN == SpeedPaths(batch_norm_custom_gradient=False, runner="loop", donate_state=True)
+    assert PLAIN == SpeedPaths(batch_norm_custom_gradient=False, runner="loop", donate_state=True,
+                               finite_check_by_sums=False)
     assert speed_paths() == speed_paths(jax.default_backend())
 
 
@@ -32,6 +34,7 @@ def test_use_speed_paths_replaces_the_choice_inside_its_block_only():
         (PLAIN._replace(runner="unrolled"), "paths.runner"),
         (PLAIN._replace(donate_state=1), "paths.donate_state"),
         (PLAIN._replace(batch_norm_custom_gradient=None), "paths.batch_norm_custom_gradient"),
+        (PLAIN._replace(finite_check_by_sums="yes"), "paths.finite_check_by_sums"),
     ],
 )
 def test_bad_paths_are_refused(paths, name):

@@ -24,7 +24,7 @@ def guard():
 
 
 @pytest.mark.slow
-def test_a_short_run_reports_both_steps_and_their_ratio(guard, capsys):
+def test_a_short_run_reports_each_guard_and_its_ratio(guard, capsys):
     records = guard.main(["--config", "flax_example", "--rounds", "2", "--steps", "2",
                           "--batch-size", "32"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
@@ -32,13 +32,14 @@ def test_a_short_run_reports_both_steps_and_their_ratio(guard, capsys):
     assert lines == json.loads(json.dumps(records))
     (record,) = records
     assert record["config"] == "flax_example" and record["rounds"] == 2
-    for key in ("guarded_ms", "unguarded_ms", "ratio"):
+    assert record["finite_check_by_sums"] is True  # the CPU's speed path
+    for key in ("guarded_ms", "guarded_exact_ms", "unguarded_ms", "ratio", "ratio_exact"):
         assert record[key]["n"] == 2 and 0 < record[key]["min"] <= record[key]["max"]
     # Each round's ratio lies between the slowest and fastest rounds' extremes.
-    low = record["guarded_ms"]["min"] / record["unguarded_ms"]["max"]
-    high = record["guarded_ms"]["max"] / record["unguarded_ms"]["min"]
-    assert low <= record["ratio"]["min"] <= record["ratio"]["median"] <= record["ratio"]["max"]
-    assert record["ratio"]["max"] <= high
+    for kind, key in (("guarded", "ratio"), ("guarded_exact", "ratio_exact")):
+        low = record[f"{kind}_ms"]["min"] / record["unguarded_ms"]["max"]
+        high = record[f"{kind}_ms"]["max"] / record["unguarded_ms"]["min"]
+        assert low <= record[key]["min"] <= record[key]["median"] <= record[key]["max"] <= high
 
 
 def test_rounds_must_be_positive(guard):

@@ -28,6 +28,7 @@ import optax
 import pytest
 
 import jaxtricks as jt
+from jaxtricks.backend import PLAIN, use_speed_paths
 from jaxtricks.models import CNN
 from jaxtricks.training import create_train_state, epoch_indices, fit, make_train_step
 from jaxtricks.tricks.plateau import epoch_plateau, plateau_states, scale_by_plateau
@@ -338,3 +339,51 @@ def test_finite_gradients_with_non_finite_updates_are_skipped(factor):
     assert int(metrics["skipped"]) == 1
     assert_bit_identical(state.params, before.params)
     assert_bit_identical(state.opt_state, before.opt_state)
+
+
+def _held_state(init_value: float, written: float | None) -> optax.GradientTransformation:
+    """An optimizer state of one large (64, 64) leaf: ``init_value`` everywhere, kept by every
+    update, or with ``written`` put at one place by the update."""
+    def init(params):
+        del params
+        return jnp.full((64, 64), init_value, jnp.float32)
+
+    def update(updates, state, params=None):
+        del params
+        return updates, state if written is None else state.at[3, 5].set(written)
+
+    return optax.GradientTransformation(init, update)
+
+
+@pytest.mark.parametrize(
+    ("init_value", "written", "skipped"),
+    [
+        (np.inf, None, 0),  # an infinity held on purpose, in a leaf tested by row sums
+        (3e38, None, 0),  # finite values whose row sums overflow: the exact test clears them
+        (0.0, np.nan, 1),
+        (0.0, -np.inf, 1),
+        (np.inf, np.nan, 1),
+    ],
+)
+def test_the_guard_s_quick_row_sum_test_and_the_exact_test_give_one_verdict(
+        init_value, written, skipped):
+    """The CPU's speed path tests large leaves through row sums first and the plain path runs
+    the exact test only: both skip the same steps and write the same state, bit for bit."""
+    model = nn.Dense(4)
+    optimizer = optax.chain(optax.sgd(0.1), _held_state(init_value, written))
+    batch = (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32))
+    results = {}
+    for by_sums in (False, True):
+        with use_speed_paths(PLAIN._replace(finite_check_by_sums=by_sums)):
+            state = create_train_state(model, optimizer, jax.random.key(0), batch[0])
+            train_step = make_train_step(model, optimizer)
+            assert ("cond" in str(jax.make_jaxpr(train_step)(state, batch))) == by_sums
+            before = snapshot(state)
+            state, metrics = train_step(state, batch)
+        assert int(metrics["skipped"]) == skipped
+        if skipped:
+            assert_bit_identical(state.params, before.params)
+            assert_bit_identical(state.opt_state, before.opt_state)
+        results[by_sums] = snapshot(state)
+    assert_bit_identical(results[True].params, results[False].params)
+    assert_bit_identical(results[True].opt_state, results[False].opt_state)

@@ -1,26 +1,14 @@
 """The per-operation CNN timings run and report every operation (structure, not speed)."""
 
-import importlib
 import json
-import pathlib
-import sys
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from benchmark_modules import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def cnn_ops():
-    """``benchmarks.cnn_ops`` from the repository root (see test_train_throughput)."""
-    sys.path.insert(0, str(ROOT))
-    package = sys.modules.get("benchmarks")
-    if package is not None and getattr(package, "__file__", None) is None:
-        del sys.modules["benchmarks"]
-    try:
-        yield importlib.import_module("benchmarks.cnn_ops")
-    finally:
-        sys.path.remove(str(ROOT))
+    return import_benchmark("cnn_ops")
 
 
 def test_best_ms_takes_the_fastest_round(cnn_ops):

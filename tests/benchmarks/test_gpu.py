@@ -1,7 +1,6 @@
 """The GPU script: its bandwidth table, its refusals, and its ``--quick`` run on the CPU with the
 MNIST files it is given (structure, not speed)."""
 
-import importlib
 import json
 import pathlib
 import shutil
@@ -9,23 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from benchmark_modules import ROOT, import_benchmark
 
 from jaxtricks.data import DatasetNotFoundError, datasets, load
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def gpu():
-    """``benchmarks.gpu`` from the repository root (see test_optimizer_step)."""
-    sys.path.insert(0, str(ROOT))
-    package = sys.modules.get("benchmarks")
-    if package is not None and getattr(package, "__file__", None) is None:
-        del sys.modules["benchmarks"]
-    try:
-        yield importlib.import_module("benchmarks.gpu")
-    finally:
-        sys.path.remove(str(ROOT))
+    return import_benchmark("gpu")
 
 
 @pytest.mark.parametrize(

@@ -1,33 +1,18 @@
 """The optimizer-step benchmark runs and reports what it says (its structure, not its timings)."""
 
-import importlib
 import json
 import math
-import pathlib
 import subprocess
 import sys
 
 import jax
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from benchmark_modules import ROOT, import_benchmark
 
 
 @pytest.fixture(scope="module")
 def optimizer_step():
-    """``benchmarks.optimizer_step``, imported from the repository root.
-
-    pytest puts ``tests/`` on ``sys.path``, where ``tests/benchmarks`` would shadow the
-    top-level ``benchmarks`` package as a namespace package.
-    """
-    sys.path.insert(0, str(ROOT))
-    package = sys.modules.get("benchmarks")
-    if package is not None and getattr(package, "__file__", None) is None:
-        del sys.modules["benchmarks"]
-    try:
-        yield importlib.import_module("benchmarks.optimizer_step")
-    finally:
-        sys.path.remove(str(ROOT))
+    return import_benchmark("optimizer_step")
 
 
 def _count(shapes):

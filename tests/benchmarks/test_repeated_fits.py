@@ -1,26 +1,14 @@
 """The repeated-fits memory benchmark runs on real MNIST and reports what it measured."""
 
-import importlib
 import json
-import pathlib
-import sys
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from benchmark_modules import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def repeated_fits():
-    """``benchmarks.repeated_fits`` from the repository root (see test_train_throughput)."""
-    sys.path.insert(0, str(ROOT))
-    package = sys.modules.get("benchmarks")
-    if package is not None and getattr(package, "__file__", None) is None:
-        del sys.modules["benchmarks"]
-    try:
-        yield importlib.import_module("benchmarks.repeated_fits")
-    finally:
-        sys.path.remove(str(ROOT))
+    return import_benchmark("repeated_fits")
 
 
 @pytest.mark.slow

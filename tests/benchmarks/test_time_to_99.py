@@ -1,27 +1,15 @@
 """The time-to-99% benchmark runs on real MNIST and reports what it says (structure, not speed)."""
 
-import importlib
 import json
-import pathlib
-import sys
 
 import jax.numpy as jnp
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from benchmark_modules import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def time_to_99():
-    """``benchmarks.time_to_99`` from the repository root (see test_train_throughput)."""
-    sys.path.insert(0, str(ROOT))
-    package = sys.modules.get("benchmarks")
-    if package is not None and getattr(package, "__file__", None) is None:
-        del sys.modules["benchmarks"]
-    try:
-        yield importlib.import_module("benchmarks.time_to_99")
-    finally:
-        sys.path.remove(str(ROOT))
+    return import_benchmark("time_to_99")
 
 
 def test_eval_batches_must_divide_the_split(time_to_99):

@@ -1,42 +1,25 @@
 """The MNIST throughput benchmark and its PyTorch twin run and report what they say (structure,
 not speed)."""
 
-import importlib
 import json
-import pathlib
-import sys
 
 import jax
 import numpy as np
 import pytest
+from benchmark_modules import import_benchmark
 
 from jaxtricks.models import CNN
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _import(name):
-    """``benchmarks.<name>`` from the repository root; ``tests/benchmarks`` on ``sys.path`` would
-    otherwise shadow the top-level package as a namespace package."""
-    sys.path.insert(0, str(ROOT))
-    package = sys.modules.get("benchmarks")
-    if package is not None and getattr(package, "__file__", None) is None:
-        del sys.modules["benchmarks"]
-    try:
-        return importlib.import_module(f"benchmarks.{name}")
-    finally:
-        sys.path.remove(str(ROOT))
 
 
 @pytest.fixture(scope="module")
 def throughput():
-    return _import("train_throughput")
+    return import_benchmark("train_throughput")
 
 
 @pytest.fixture(scope="module")
 def torch_baseline():
     pytest.importorskip("torch")
-    return _import("torch_baseline")
+    return import_benchmark("torch_baseline")
 
 
 @pytest.mark.parametrize("use_batch_norm", [False, True])

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
+from jaxtricks.training.caching import jit_with
 from jaxtricks.training.model import FunctionalModel, functional_model
 
 __all__ = ["recompute_batch_stats", "recompute_model_state"]
@@ -106,7 +107,6 @@ def _batch_moments(fm, variables, images):
     return moments
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _accumulate(fm, variables, images, totals):
     """``totals`` merged with the moments of the batch ``images``."""
     batch = _batch_moments(fm, variables, images)
@@ -174,8 +174,9 @@ def recompute_batch_stats(
     variables = {"params": params, "batch_stats": batch_stats_template}
     shapes = jax.eval_shape(functools.partial(_batch_moments, fm), variables, images[:batch_size])
     totals = jax.tree.map(lambda shape: jnp.zeros(shape.shape, shape.dtype), shapes)
+    accumulate = jit_with(_accumulate, fm)
     for start in range(0, images.shape[0], batch_size):
-        totals = _accumulate(fm, variables, images[start : start + batch_size], totals)
+        totals = accumulate(variables, images[start : start + batch_size], totals)
     stats = traverse_util.flatten_dict(batch_stats_template)
     for layer, (count, mean, sum_squares) in totals.items():
         for name, value in (("mean", mean), ("var", sum_squares / count)):
@@ -194,7 +195,6 @@ def _check_batch_size(batch_size: Any) -> int:
     return batch_size
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _nnx_batch_stats(graphdef, params, model_state, images):
     """An NNX module's batch-norm statistics of one batch: with momentum 0 the running
     averages become the batch's own mean and (biased) variance."""
@@ -213,9 +213,10 @@ def _recompute_nnx(fm: FunctionalModel, params, model_state, images, batch_size)
     # Flax types the states after the first two filters' as variadic; "..." makes three.
     graphdef, params, rest = nnx.split(module, nnx.Param, ...)  # type: ignore[misc]
     totals: dict[tuple[Any, ...], tuple[jax.Array, ...]] | None = None
+    batch_stats = jit_with(_nnx_batch_stats, graphdef)
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size]
-        stats = nnx.to_flat_state(_nnx_batch_stats(graphdef, params, rest, batch))
+        stats = nnx.to_flat_state(batch_stats(params, rest, batch))
         rows = jnp.asarray(batch.shape[0], jnp.float32)
         moments: dict[tuple[Any, ...], dict[Any, jax.Array]] = {}
         for path, variable in stats:

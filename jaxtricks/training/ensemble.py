@@ -36,7 +36,6 @@ compile per value.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -47,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtricks.backend import speed_paths
-from jaxtricks.training.caching import shared
+from jaxtricks.training.caching import jit_with, shared
 from jaxtricks.training.epochs import choose_runner, compile_epoch_runner, epoch_indices
 from jaxtricks.training.fit import make_hooks, split_validation, train_epochs
 from jaxtricks.training.history import History
@@ -303,7 +302,6 @@ def _build_ensemble_eval_step(fm: FunctionalModel, objective):
     return jax.jit(eval_step)
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _probabilities(fm, states, x):
     return jnp.exp(_log_mean_softmax(
         jax.vmap(lambda s: fm.apply(s.params, s.model_state, x, train=False, key=None)[0])(states)
@@ -329,7 +327,7 @@ def ensemble_probabilities(model: Any, states: TrainState, x: Any) -> jax.Array:
       >>> p.shape, bool(jnp.allclose(p.sum(axis=1), 1.0))
       ((4, 3), True)
     """
-    return _probabilities(_linen(model), states, jnp.asarray(x))
+    return jit_with(_probabilities, _linen(model))(states, jnp.asarray(x))
 
 
 def evaluate_ensemble(model: Any, states: TrainState, x: Any, y: Any, *,

@@ -17,7 +17,8 @@ loss and update, up to float rounding. Four exist, each measured on XLA:CPU
   fails, in a ``lax.cond``. The verdict is the exact test's either way. On XLA:CPU the product
   reads a leaf about three times faster than the reduction ``all(isfinite(x))``; on a GPU a
   conditional may copy its predicate to the host, a sync per step, so the plain path runs the
-  exact test every step.
+  exact test every step. Under ``vmap`` (an ensemble's members) a conditional runs both
+  branches, so ensembles take the exact test alone.
 
 Where a path was not measured (GPU, TPU) the plain one is the default: Flax's batch norm, the
 Python loop and donation, as in Flax's own examples. :func:`use_speed_paths` replaces the

@@ -12,9 +12,10 @@ static argument of a module-level ``jit``: JAX keeps each static argument of suc
 and every executable compiled for it, for the life of the process (up to thousands of entries),
 so a sweep of fits in one process would grow by the size of each fit's executables. Built
 through :func:`shared`, they are freed once the 64 most recent builds no longer include them.
-(A few module-level jits still take a model as a static argument, in averaging, ensembles,
-LSUV and signal propagation: equal models share their entries, so only a sweep over many
-different models grows them.)
+Averaging and ensembles bind their model the same way. (Two module-level jits still take a
+model as a static argument, in LSUV and signal propagation, below this layer: equal models
+share their entries, so only a sweep over many different models grows them.) An argument that
+cannot be hashed is built afresh on every call, so its function compiles on every call.
 """
 
 from __future__ import annotations

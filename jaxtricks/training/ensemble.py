@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtricks.backend import speed_paths
+from jaxtricks.backend import speed_paths, use_speed_paths
 from jaxtricks.training.caching import jit_with, shared
 from jaxtricks.training.epochs import choose_runner, compile_epoch_runner, epoch_indices
 from jaxtricks.training.fit import make_hooks, split_validation, train_epochs
@@ -218,8 +218,11 @@ def make_ensemble_train_step(
       >>> states.step.tolist(), metrics["loss"].shape
       ([1, 1, 1], (3,))
     """
-    train_step = make_train_step(_linen(model), optimizer, loss_fn=loss_fn, metrics=metrics,
-                                 skip_nonfinite=skip_nonfinite, donate=False)
+    # Under vmap each member's guard has its own predicate, and a batched lax.cond runs both
+    # branches: the quick row-sum test of the non-finite guard would only add to the exact one.
+    with use_speed_paths(speed_paths()._replace(finite_check_by_sums=False)):
+        train_step = make_train_step(_linen(model), optimizer, loss_fn=loss_fn, metrics=metrics,
+                                     skip_nonfinite=skip_nonfinite, donate=False)
     return shared(_build_ensemble_step, train_step)
 
 

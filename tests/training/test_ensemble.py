@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 from training_toys import CLASSES, TinyNet, toy_problem
 
+from jaxtricks.backend import speed_paths, use_speed_paths
 from jaxtricks.training.ensemble import (
     create_ensemble,
     ensemble_member,
@@ -316,3 +317,21 @@ def test_bad_arguments_raise_naming_them():
                      batch_size=16, progress=False)
     with pytest.raises(ValueError, match="index"):
         ensemble_member(create_ensemble(model, optimizer, keys, images), 2)
+
+
+def test_members_take_the_exact_non_finite_test_alone_under_vmap():
+    # A batched lax.cond runs both branches, so the CPU's quick row-sum test (a dot product per
+    # large leaf) would only add work to every ensemble step.
+    model, tx = nn.Dense(64), optax.sgd(0.1)  # a (128, 64) kernel: large enough for row sums
+    x, y = jnp.ones((8, 128)), jnp.zeros(8, jnp.int32)
+    states = create_ensemble(model, tx, jax.random.split(jax.random.key(0), 2), x[:1])
+    state = create_train_state(model, tx, jax.random.key(0), x[:1])
+
+    def dots(make, state, by_sums):
+        with use_speed_paths(speed_paths()._replace(finite_check_by_sums=by_sums)):
+            step = make(model, tx)
+        return str(jax.make_jaxpr(step)(state, (x, y))).count("dot_general")
+
+    assert dots(make_train_step, state, True) > dots(make_train_step, state, False)
+    assert dots(make_ensemble_train_step, states, True) == dots(
+        make_ensemble_train_step, states, False)

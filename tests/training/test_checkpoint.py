@@ -62,7 +62,6 @@ def state():
     return state
 
 
-
 def assert_bits_equal(actual, expected):
     """Same structure, and every leaf of the same dtype, shape and bytes."""
     assert jax.tree.structure(actual) == jax.tree.structure(expected)

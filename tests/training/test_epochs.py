@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from training_toys import TinyNet, host, toy_problem
+from training_toys import TinyNet, assert_trees_equal, host, toy_problem
 
 from jaxtricks.backend import speed_paths
 from jaxtricks.training import epochs
@@ -47,15 +47,6 @@ def runners(train_step):
 
 def fresh_state():
     return create_train_state(MODEL, OPTIMIZER, jax.random.key(0), IMAGES[:BATCH])
-
-
-
-def assert_trees_equal(actual, expected):
-    actual_leaves, actual_def = jax.tree.flatten(actual)
-    expected_leaves, expected_def = jax.tree.flatten(expected)
-    assert actual_def == expected_def
-    for a, e in zip(actual_leaves, expected_leaves, strict=True):
-        np.testing.assert_array_equal(a, e)
 
 
 def test_epoch_indices_are_a_reproducible_partial_permutation():

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from training_toys import CLASSES, TinyNet, host, toy_problem
+from training_toys import CLASSES, TinyNet, assert_trees_equal, host, toy_problem
 
 import jaxtricks as jt
 from jaxtricks.backend import PLAIN, speed_paths, use_speed_paths
@@ -51,15 +51,6 @@ def run(**overrides):
 def reference():
     state, history = run()
     return host(state), history
-
-
-
-def assert_trees_equal(actual, expected):
-    actual_leaves, actual_def = jax.tree.flatten(actual)
-    expected_leaves, expected_def = jax.tree.flatten(expected)
-    assert actual_def == expected_def
-    for a, e in zip(actual_leaves, expected_leaves, strict=True):
-        np.testing.assert_array_equal(a, e)
 
 
 def without_timings(history: History):

@@ -49,7 +49,6 @@ def copy(state):
     return jax.tree.map(lambda leaf: leaf.copy(), state)
 
 
-
 # Compiled, because running the reference model op by op compiles every op on its own.
 _eval_logits = jax.jit(lambda variables, images: MODEL.apply(variables, images, train=False))
 

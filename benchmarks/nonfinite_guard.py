@@ -1,15 +1,18 @@
-"""What the train step's non-finite guard costs: ``skip_nonfinite=True`` against ``False``.
+"""What the train step's non-finite guard costs: ``skip_nonfinite`` True and ``"strict"``
+against False.
 
     python -m benchmarks.nonfinite_guard [--rounds 6] [--steps 60] [--config default]
 
-Three train steps (:func:`jaxtricks.training.steps.make_train_step`) run in one process on real
-MNIST batches, interleaved round by round so that a change of load affects all alike: unguarded,
-guarded as the backend's speed paths choose (on the CPU the new state is tested through row
-sums first, :data:`jaxtricks.backend.SpeedPaths`), and guarded with the exact element-wise test
-only (the plain path's). A round is ``steps`` steps after one untimed step. The figures are the
-per-round ratios of milliseconds per step, guarded over unguarded (median, min, max). Configs
-are train_throughput's: ``default`` (batch norm, dropout 0.1, Adam) and ``flax_example`` (no
-batch norm, momentum).
+Four train steps (:func:`jaxtricks.training.steps.make_train_step`) run in one process on real
+MNIST batches, interleaved round by round so that a change of load affects all alike:
+unguarded; guarded (the default, which tests the loss, the gradients' norm and the new model
+state, all known before the update); strict as the backend's speed paths choose (it also tests
+the new parameters and optimizer state; on the CPU through row sums first,
+:data:`jaxtricks.backend.SpeedPaths`); and strict with the exact element-wise test only (the
+plain path's). A round is ``steps`` steps after one untimed step; odd rounds run the steps in
+reverse order. The figures are the per-round ratios of milliseconds per step, guarded over
+unguarded (median, min, max). Configs are train_throughput's: ``default`` (batch norm, dropout
+0.1, Adam) and ``flax_example`` (no batch norm, momentum).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from jaxtricks.backend import speed_paths, use_speed_paths
 from jaxtricks.models import CNN
 from jaxtricks.training.state import create_train_state
 from jaxtricks.training.steps import make_train_step
+
+# The record's key for each guarded step's ratio to the unguarded one.
+RATIOS = {"guarded": "ratio", "strict": "ratio_strict", "strict_exact": "ratio_strict_exact"}
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -50,14 +56,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         config = CONFIGS[name]
         model, tx = CNN(**config["model"]), config["optimizer"]()
         steps = {"unguarded": make_train_step(model, tx, skip_nonfinite=False),
-                 "guarded": make_train_step(model, tx)}
+                 "guarded": make_train_step(model, tx),
+                 "strict": make_train_step(model, tx, skip_nonfinite="strict")}
         with use_speed_paths(speed_paths()._replace(finite_check_by_sums=False)):
-            steps["guarded_exact"] = make_train_step(model, tx)
+            steps["strict_exact"] = make_train_step(model, tx, skip_nonfinite="strict")
         states = {kind: create_train_state(model, tx, jax.random.key(0), images[:1])
                   for kind in steps}
         ms: dict[str, list[float]] = {kind: [] for kind in steps}
-        for _ in range(args.rounds):
-            for kind, step in steps.items():
+        for round_ in range(args.rounds):
+            for kind in list(steps)[::-1 if round_ % 2 else 1]:
+                step = steps[kind]
                 state, _ = step(states[kind], batches[0])
                 jax.block_until_ready(state)
                 tick = time.perf_counter()
@@ -66,20 +74,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 jax.block_until_ready(state)
                 ms[kind].append((time.perf_counter() - tick) / args.steps * 1e3)
                 states[kind] = state
-        ratios = {kind: [a / b for a, b in zip(ms[kind], ms["unguarded"], strict=True)]
-                  for kind in ("guarded", "guarded_exact")}
         record = {
             "benchmark": "nonfinite_guard", "config": name, "rounds": args.rounds,
             "steps": args.steps, "batch_size": args.batch_size,
             "finite_check_by_sums": speed_paths().finite_check_by_sums,
-            "guarded_ms": summarize(ms["guarded"]), "unguarded_ms": summarize(ms["unguarded"]),
-            "guarded_exact_ms": summarize(ms["guarded_exact"]),
-            "ratio": summarize(ratios["guarded"]),
-            "ratio_exact": summarize(ratios["guarded_exact"]), **machine(),
+            **{f"{kind}_ms": summarize(ms[kind]) for kind in steps},
+            **{RATIOS[kind]: summarize([a / b for a, b in zip(ms[kind], ms["unguarded"],
+                                                              strict=True)])
+               for kind in RATIOS},
+            **machine(),
         }
         emit(record)
         records.append(record)
-        for kind, key in (("guarded", "ratio"), ("guarded_exact", "ratio_exact")):
+        for kind, key in RATIOS.items():
             rows.append([name, kind, record[f"{kind}_ms"]["median"],
                          record["unguarded_ms"]["median"], record[key]["median"],
                          record[key]["min"], record[key]["max"]])

@@ -407,7 +407,7 @@ CASES = [
     ("train-step-with-an-optimizer-name", lambda _: make_train_step(TINY_MLP, "adam"),
      ValueError, r"optimizer must be an optax\.GradientTransformation .*got str"),
     ("fit-skip-nonfinite-not-bool", lambda _: _fit(skip_nonfinite="yes"),
-     ValueError, r"skip_nonfinite must be a bool, got 'yes'"),
+     ValueError, r"skip_nonfinite must be True, False or 'strict', got 'yes'"),
     # fit's other arguments: validation, models, losses, states, hooks.
     ("fit-model-not-flax", lambda _: _fit(model="mlp"),
      ValueError, r"model must be a flax\.linen\.Module or a flax\.nnx\.Module, got builtins\.str"),

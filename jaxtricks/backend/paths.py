@@ -11,8 +11,9 @@ loss and update, up to float rounding. Four exist, each measured on XLA:CPU
   loop is far slower); ``"loop"`` and ``"scan"`` take one of them without timing.
 - ``donate_state``: whether a training step donates the state it is given, so its buffers are
   reused for the result. On the CPU the step that keeps them ran faster.
-- ``finite_check_by_sums``: the non-finite guard of a training step first tests each large
-  floating leaf of the new state through its row sums, a matrix-vector product (a NaN or an
+- ``finite_check_by_sums``: the strict non-finite guard of a training step
+  (``skip_nonfinite="strict"``) first tests each large floating leaf of the new state through
+  its row sums, a matrix-vector product (a NaN or an
   infinity makes its row's sum non-finite), and runs the exact element-wise test only when that
   fails, in a ``lax.cond``. The verdict is the exact test's either way. On XLA:CPU the product
   reads a leaf about three times faster than the reduction ``all(isfinite(x))``; on a GPU a

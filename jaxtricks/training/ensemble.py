@@ -58,6 +58,7 @@ from jaxtricks.training.steps import (
     LossFn,
     check_examples,
     check_labels,
+    check_skip_nonfinite,
     evaluate,
     make_objective,
     make_train_step,
@@ -189,7 +190,7 @@ def make_ensemble_train_step(
         *,
         loss_fn: LossFn | None = None,
         metrics: Mapping[str, LossFn] | None = None,
-        skip_nonfinite: bool = True,
+        skip_nonfinite: bool | str = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the compiled step that trains every member of an ensemble on one shared batch.
 
@@ -219,7 +220,7 @@ def make_ensemble_train_step(
       ([1, 1, 1], (3,))
     """
     # Under vmap each member's guard has its own predicate, and a batched lax.cond runs both
-    # branches: the quick row-sum test of the non-finite guard would only add to the exact one.
+    # branches: the quick row-sum test of the strict guard would only add to the exact one.
     with use_speed_paths(speed_paths()._replace(finite_check_by_sums=False)):
         train_step = make_train_step(_linen(model), optimizer, loss_fn=loss_fn, metrics=metrics,
                                      skip_nonfinite=skip_nonfinite, donate=False)
@@ -363,7 +364,7 @@ def fit_ensemble(
         seed: int = 0,
         hyperparams: Mapping[str, Sequence[float]] | None = None,
         shared_init: bool = False,
-        skip_nonfinite: bool = True,
+        skip_nonfinite: bool | str = True,
         progress: bool = True,
         runner: str | None = None,
 ) -> tuple[TrainState, History]:
@@ -423,8 +424,8 @@ def fit_ensemble(
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (
                 high is not None and value > high):
             raise ValueError(f"{name} must be an int in [{low}, {high or 'inf'}], got {value!r}")
-    for name, flag in (("shared_init", shared_init), ("skip_nonfinite", skip_nonfinite),
-                       ("progress", progress)):
+    check_skip_nonfinite(skip_nonfinite)
+    for name, flag in (("shared_init", shared_init), ("progress", progress)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}")
     values = _check_hyperparams(hyperparams, num_members)

@@ -55,6 +55,7 @@ from jaxtricks.training.steps import (
     check_examples,
     check_labels,
     check_sharding_arguments,
+    check_skip_nonfinite,
     evaluate,
     make_eval_step,
     make_objective,
@@ -82,7 +83,7 @@ def fit(
         callbacks: Iterable[Hook | Callable[..., Any]] = (),
         seed: int = 0,
         initial_state: TrainState | None = None,
-        skip_nonfinite: bool = True,
+        skip_nonfinite: bool | str = True,
         mesh: Mesh | None = None,
         shard_optimizer_state: bool = False,
         progress: bool = True,
@@ -124,10 +125,11 @@ def fit(
             state comes from k_init, the data order of epoch e is permutation(fold_in(k_data, e)).
         initial_state: a state to continue from instead of a fresh one; its step must be a
             whole number of epochs of this batch size, and epoch numbers continue from there.
-        skip_nonfinite: skip the steps that would write a NaN or Inf anywhere in the state,
-            or whose gradients' global norm is not finite (see
-            :func:`~jaxtricks.training.steps.make_train_step`); they are counted per epoch
-            (``skipped_steps``).
+        skip_nonfinite: skip the steps whose loss, gradients' global norm or new model
+            state is not finite; ``"strict"``: also those that would write a new NaN or Inf
+            into the parameters or optimizer state (one more pass over the state per step);
+            False: none (see :func:`~jaxtricks.training.steps.make_train_step`). Skipped steps
+            are counted per epoch (``skipped_steps``).
         mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
             parallel; ``batch_size`` must divide by its number of devices. Same seed, same run
             as on one device, up to float32 summation order. A mesh over several processes'
@@ -177,9 +179,9 @@ def fit(
     epochs = _check_int("epochs", epochs, 1)
     batch_size = _check_int("batch_size", batch_size, 1, num_examples)
     seed = _check_int("seed", seed, 0, 2**63 - 1)
-    for name, flag in (("skip_nonfinite", skip_nonfinite), ("progress", progress)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name} must be a bool, got {flag!r}")
+    check_skip_nonfinite(skip_nonfinite)
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress must be a bool, got {progress!r}")
     check_sharding_arguments(mesh, shard_optimizer_state)
     if mesh is not None:
         check_divisible("batch_size", batch_size, mesh)

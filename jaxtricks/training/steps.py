@@ -10,14 +10,22 @@ training step t, with dropout key k_t = fold_in(r, t), computes
     (L, g) = (L(θ_t), ∇_θ L(θ_t)),   (u, o') = optimizer.update(g, o_t, θ_t),   θ' = θ_t + u,
 
 and the model's new state m' (batch statistics move to their new running averages). With
-``skip_nonfinite`` a step that would write a NaN or ±Inf anywhere — the loss, the gradients, the
-updates, θ', o' or m' — keeps θ_t, o_t and m_t bit for bit and counts as skipped, so one bad
-batch (or one extreme but finite value that overflows later in the step) cannot poison the
-run; t advances either way. It checks L, the global norm ‖g‖ (which the step reports anyway; a
-norm beyond float32's range counts as non-finite too) and θ', o', m' against θ_t, o_t, m_t (an
-infinity a leaf held already is allowed: a plateau's best metric starts at +inf). The updates
-need no pass of their own: θ' = θ_t + u is non-finite wherever u is, but where θ_t held that
-same infinity already.
+``skip_nonfinite`` a step whose loss L, gradients g or new model state m' hold a NaN or ±Inf
+keeps θ_t, o_t and m_t bit for bit and counts as skipped, so one bad batch (a NaN pixel, or an
+extreme but finite one that overflows in the forward or backward pass) cannot poison the run;
+t advances either way. It tests L, the global norm ‖g‖ (which the step reports anyway; a norm
+beyond float32's range counts as non-finite too) and m' against m_t (an infinity a leaf held
+already is allowed). These are what the update reads, so the verdict is known before the
+update runs and the choice between new and old fuses into the update's own pass: the guard
+costs no measurable time.
+
+``skip_nonfinite="strict"`` also tests what the update writes, θ' and o' against θ_t and o_t:
+it catches an optimizer whose arithmetic makes a NaN or ±Inf from finite gradients (an infinite
+learning rate, an overflowing accumulator). The updates need no pass of their own: θ' = θ_t + u
+is non-finite wherever u is, but where θ_t held that same infinity already (an infinity held on
+purpose is allowed: a plateau's best metric starts at +inf). That verdict depends on the new
+state, so the test reads it once more and the choice is a pass of its own: about 2–4 % of a
+CNN's step on the CPU (docs/benchmarks.md).
 
 A batch transform (e.g. :func:`~jaxtricks.tricks.soft_targets.mixup`) replaces the batch by
 ``batch_transform(b_t, (x, y))`` first, with b_t = fold_in(k_t, 1): its randomness is a stream
@@ -301,7 +309,7 @@ def make_train_step(
         *,
         loss_fn: LossFn | None = None,
         metrics: Mapping[str, LossFn] | None = None,
-        skip_nonfinite: bool = True,
+        skip_nonfinite: bool | str = True,
         mesh: Mesh | None = None,
         shard_optimizer_state: bool = False,
         donate: bool | None = None,
@@ -319,12 +327,14 @@ def make_train_step(
         loss_fn: ``loss_fn(outputs, y) -> (B,) losses``; None: :func:`softmax_cross_entropy`.
         metrics: ``{name: fn(outputs, y) -> (B,) values}``, reported as batch means; None:
             ``{"accuracy": accuracy}`` with the default loss, none otherwise.
-        skip_nonfinite: if True, a step that would write a NaN or Inf into the loss,
-            gradients, updates, parameters, optimizer state or model state leaves the state
-            unchanged (but for ``step``, which advances) and reports ``skipped = 1``. The
-            gradients count as non-finite when their global norm is (also when finite
-            gradients have a norm beyond float32's range, above about 1.8e19); an infinity a
-            state leaf held already may stay (see the module's docstring).
+        skip_nonfinite: if True, a step whose loss, gradients or new model state hold a NaN
+            or Inf leaves the state unchanged (but for ``step``, which advances) and reports
+            ``skipped = 1``. The gradients count as non-finite when their global norm is (also
+            when finite gradients have a norm beyond float32's range, above about 1.8e19).
+            ``"strict"``: also when the new parameters or optimizer state would hold a new NaN
+            or Inf (an optimizer's arithmetic overflowing from finite gradients), at the cost
+            of one more pass over the state per step. False: no test. See the module's
+            docstring.
         mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
             parallel: the batch is split along its leading axis (its size must divide by the
             number of devices) and the state is kept as
@@ -372,8 +382,7 @@ def make_train_step(
     fm = functional_model(model)
     optimizer = as_optimizer(optimizer)
     objective = make_objective(loss_fn, metrics)
-    if not isinstance(skip_nonfinite, bool):
-        raise ValueError(f"skip_nonfinite must be a bool, got {skip_nonfinite!r}")
+    check_skip_nonfinite(skip_nonfinite)
     check_sharding_arguments(mesh, shard_optimizer_state)
     if donate is None:
         donate = speed_paths().donate_state
@@ -385,6 +394,14 @@ def make_train_step(
         _build_train_step, fm, optimizer, objective, skip_nonfinite, mesh,
         shard_optimizer_state, donate, speed_paths(), precision, batch_transform,
     )
+
+
+def check_skip_nonfinite(skip_nonfinite: Any) -> None:
+    """Raises ``ValueError`` unless ``skip_nonfinite`` is True, False or ``"strict"``."""
+    if not (isinstance(skip_nonfinite, bool) or skip_nonfinite == "strict"):
+        raise ValueError(
+            f"skip_nonfinite must be True, False or 'strict', got {skip_nonfinite!r}"
+        )
 
 
 def check_batch_transform(batch_transform: Any) -> None:
@@ -476,14 +493,21 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
         grad_norm = global_norm(grads, at_least_float32=True)
         if skip_nonfinite or scaled:
             if skip_nonfinite:
-                # The updates through θ' = θ + u (see the module's docstring), the gradients
-                # through their norm: one pass over each tree the step writes.
+                # What the update reads: known before it runs, so the select below fuses into
+                # the update. The gradients through their norm, computed for the metrics anyway.
                 applied = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-                           & _state_finite(new, state, paths.finite_check_by_sums))
+                           & _inexact_finite(model_state, state.model_state))
+                if skip_nonfinite == "strict":
+                    # What the update writes, the updates through θ' = θ + u (see the module's
+                    # docstring): one more pass over the new state, and the select is one more.
+                    applied = applied & _state_finite(
+                        (new.params, new.opt_state), (state.params, state.opt_state),
+                        paths.finite_check_by_sums)
             else:
                 applied = jnp.logical_not(overflow)
             # A select, not lax.cond: XLA's GPU backend may run a conditional by copying its
-            # predicate to the host, a sync per step; the select fuses into the update instead.
+            # predicate to the host, a sync per step; the select fuses into the update instead
+            # (when ``applied`` is known before the update).
             kept = jax.tree.map(
                 functools.partial(_select, applied),
                 (new.params, new.model_state, new.opt_state),

@@ -320,8 +320,8 @@ def test_bad_arguments_raise_naming_them():
 
 
 def test_members_take_the_exact_non_finite_test_alone_under_vmap():
-    # A batched lax.cond runs both branches, so the CPU's quick row-sum test (a dot product per
-    # large leaf) would only add work to every ensemble step.
+    # A batched lax.cond runs both branches, so the CPU's quick row-sum test of the strict guard
+    # (a dot product per large leaf) would only add work to every ensemble step.
     model, tx = nn.Dense(64), optax.sgd(0.1)  # a (128, 64) kernel: large enough for row sums
     x, y = jnp.ones((8, 128)), jnp.zeros(8, jnp.int32)
     states = create_ensemble(model, tx, jax.random.split(jax.random.key(0), 2), x[:1])
@@ -329,7 +329,7 @@ def test_members_take_the_exact_non_finite_test_alone_under_vmap():
 
     def dots(make, state, by_sums):
         with use_speed_paths(speed_paths()._replace(finite_check_by_sums=by_sums)):
-            step = make(model, tx)
+            step = make(model, tx, skip_nonfinite="strict")
         return str(jax.make_jaxpr(step)(state, (x, y))).count("dot_general")
 
     assert dots(make_train_step, state, True) > dots(make_train_step, state, False)

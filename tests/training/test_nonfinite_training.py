@@ -11,10 +11,11 @@ noise, so the network learns fast. A step is poisoned in two ways:
 
 Two guards are checked. (a) The train step's ``skip_nonfinite=True`` (also through ``fit``):
 parameters, Adam's moments and the batch statistics come out bit-identical, ``skipped`` counts
-the step and the loss goes on falling. (b) The optimizer wrapper ``jt.skip_nonfinite(jt.adam)``
-with the train step's own check off: parameters and moments are untouched and
-``opt_state.total_notfinite`` counts; it sees only gradients, so a NaN *input* still poisons the
-batch statistics, which is what the train step's check is for.
+the step and the loss goes on falling; ``skip_nonfinite="strict"`` skips the same steps and
+also those whose optimizer makes a NaN or Inf from finite gradients. (b) The optimizer wrapper
+``jt.skip_nonfinite(jt.adam)`` with the train step's own check off: parameters and moments
+are untouched and ``opt_state.total_notfinite`` counts; it sees only gradients, so a NaN
+*input* still poisons the batch statistics, which is what the train step's check is for.
 """
 
 
@@ -282,11 +283,12 @@ def test_optimizer_wrapper_cannot_guard_batch_statistics_from_a_bad_input(value)
 
 
 @pytest.mark.slow
-def test_an_infinity_the_optimizer_state_holds_on_purpose_is_not_a_bad_step():
+@pytest.mark.parametrize("guard", [True, "strict"])
+def test_an_infinity_the_optimizer_state_holds_on_purpose_is_not_a_bad_step(guard):
     """A plateau's best metric is +inf until one is observed: steps that keep it are applied,
     while a step that writes a new infinity is still skipped."""
     optimizer = optax.chain(ADAM, scale_by_plateau(epoch_plateau()))
-    train_step = make_train_step(MODEL, optimizer, skip_nonfinite=True)
+    train_step = make_train_step(MODEL, optimizer, skip_nonfinite=guard)
     state = initial_state(optimizer)
     assert float(plateau_states(state.opt_state)[0].best_metric) == np.inf
     for step in range(3):
@@ -327,18 +329,46 @@ def test_finite_gradients_whose_norm_leaves_float32_count_as_non_finite(gradient
 
 
 @pytest.mark.parametrize("factor", [np.nan, np.inf])
-def test_finite_gradients_with_non_finite_updates_are_skipped(factor):
-    """The guard sees the updates only through the new parameters and optimizer state: an
-    optimizer whose updates are NaN or Inf from finite gradients must still be caught."""
+def test_finite_gradients_with_non_finite_updates_are_skipped_by_the_strict_guard(factor):
+    """The strict guard sees the updates through the new parameters and optimizer state: an
+    optimizer whose updates are NaN or Inf from finite gradients is caught. The default guard
+    tests only what the update reads, and applies the step."""
     model, optimizer = nn.Dense(4), optax.chain(optax.trace(0.9), optax.scale(factor))
-    state = create_train_state(model, optimizer, jax.random.key(0), jnp.ones((2, 3)))
-    train_step = make_train_step(model, optimizer)
-    before = snapshot(state)
-    state, metrics = train_step(state, (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32)))
-    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
-    assert int(metrics["skipped"]) == 1
-    assert_bit_identical(state.params, before.params)
-    assert_bit_identical(state.opt_state, before.opt_state)
+    batch = (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32))
+    for guard, skipped in (("strict", 1), (True, 0)):
+        state = create_train_state(model, optimizer, jax.random.key(0), batch[0])
+        before = snapshot(state)
+        state, metrics = make_train_step(model, optimizer, skip_nonfinite=guard)(state, batch)
+        assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+        assert int(metrics["skipped"]) == skipped
+        if skipped:
+            assert_bit_identical(state.params, before.params)
+            assert_bit_identical(state.opt_state, before.opt_state)
+        else:
+            assert not all_finite(state.params)
+
+
+def test_the_default_and_strict_guards_skip_the_same_bad_inputs_bit_for_bit():
+    """On clean batches and on batches poisoned through the input or the gradient alone, both
+    guards skip the same steps and end with the same state, bit for bit: the default one
+    decides before the update what the strict one also decides after it."""
+    poisons = {1: with_pixel(np.nan), 3: with_pixel(3e38),
+               4: with_loss_scale(OVERFLOWING_LOG2_LOSS_SCALE)}
+    results = {}
+    for guard in (True, "strict"):
+        train_step = make_train_step(MODEL, ADAM, skip_nonfinite=guard)
+        state, skipped = initial_state(ADAM), []
+        for step in range(6):
+            images, labels = batch(step)
+            if step in poisons:
+                state, images = poisons[step](state, images)
+            state, metrics = train_step(state, (images, labels))
+            state = reset_loss_scale(state)
+            skipped.append(int(metrics["skipped"]))
+        assert skipped == [int(step in poisons) for step in range(6)]
+        results[guard] = snapshot(state)
+    assert all_finite(results[True].params) and all_finite(results[True].model_state)
+    assert_bit_identical(results[True], results["strict"])
 
 
 def _held_state(init_value: float, written: float | None) -> optax.GradientTransformation:
@@ -367,8 +397,9 @@ def _held_state(init_value: float, written: float | None) -> optax.GradientTrans
 )
 def test_the_guard_s_quick_row_sum_test_and_the_exact_test_give_one_verdict(
         init_value, written, skipped):
-    """The CPU's speed path tests large leaves through row sums first and the plain path runs
-    the exact test only: both skip the same steps and write the same state, bit for bit."""
+    """The CPU's speed path of the strict guard tests large leaves through row sums first and
+    the plain path runs the exact test only: both skip the same steps and write the same state,
+    bit for bit."""
     model = nn.Dense(4)
     optimizer = optax.chain(optax.sgd(0.1), _held_state(init_value, written))
     batch = (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32))
@@ -376,7 +407,7 @@ def test_the_guard_s_quick_row_sum_test_and_the_exact_test_give_one_verdict(
     for by_sums in (False, True):
         with use_speed_paths(PLAIN._replace(finite_check_by_sums=by_sums)):
             state = create_train_state(model, optimizer, jax.random.key(0), batch[0])
-            train_step = make_train_step(model, optimizer)
+            train_step = make_train_step(model, optimizer, skip_nonfinite="strict")
             assert ("cond" in str(jax.make_jaxpr(train_step)(state, batch))) == by_sums
             before = snapshot(state)
             state, metrics = train_step(state, batch)

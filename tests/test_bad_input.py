@@ -408,6 +408,9 @@ CASES = [
      ValueError, r"optimizer must be an optax\.GradientTransformation .*got str"),
     ("fit-skip-nonfinite-not-bool", lambda _: _fit(skip_nonfinite="yes"),
      ValueError, r"skip_nonfinite must be True, False or 'strict', got 'yes'"),
+    ("train-step-skip-nonfinite-an-array",
+     lambda _: make_train_step(TINY_MLP, jt.sgd(0.1), skip_nonfinite=np.array([1, 2])),
+     ValueError, r"skip_nonfinite must be True, False or 'strict', got array"),
     # fit's other arguments: validation, models, losses, states, hooks.
     ("fit-model-not-flax", lambda _: _fit(model="mlp"),
      ValueError, r"model must be a flax\.linen\.Module or a flax\.nnx\.Module, got builtins\.str"),

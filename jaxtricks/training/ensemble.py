@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -190,7 +190,7 @@ def make_ensemble_train_step(
         *,
         loss_fn: LossFn | None = None,
         metrics: Mapping[str, LossFn] | None = None,
-        skip_nonfinite: bool | str = True,
+        skip_nonfinite: bool | Literal["strict"] = True,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """Builds the compiled step that trains every member of an ensemble on one shared batch.
 
@@ -364,7 +364,7 @@ def fit_ensemble(
         seed: int = 0,
         hyperparams: Mapping[str, Sequence[float]] | None = None,
         shared_init: bool = False,
-        skip_nonfinite: bool | str = True,
+        skip_nonfinite: bool | Literal["strict"] = True,
         progress: bool = True,
         runner: str | None = None,
 ) -> tuple[TrainState, History]:

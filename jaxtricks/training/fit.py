@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +83,7 @@ def fit(
         callbacks: Iterable[Hook | Callable[..., Any]] = (),
         seed: int = 0,
         initial_state: TrainState | None = None,
-        skip_nonfinite: bool | str = True,
+        skip_nonfinite: bool | Literal["strict"] = True,
         mesh: Mesh | None = None,
         shard_optimizer_state: bool = False,
         progress: bool = True,

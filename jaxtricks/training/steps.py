@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -309,7 +309,7 @@ def make_train_step(
         *,
         loss_fn: LossFn | None = None,
         metrics: Mapping[str, LossFn] | None = None,
-        skip_nonfinite: bool | str = True,
+        skip_nonfinite: bool | Literal["strict"] = True,
         mesh: Mesh | None = None,
         shard_optimizer_state: bool = False,
         donate: bool | None = None,

@@ -33,7 +33,8 @@ class EpochRecord:
             NaN when undefined (e.g. every step of the epoch was skipped).
         learning_rate: the learning rate at the epoch's last step, read from an
             ``optax.inject_hyperparams`` state in the optimizer state; None without one.
-        skipped_steps: the epoch's steps skipped because they would have written a NaN or Inf.
+        skipped_steps: the epoch's steps the non-finite guard skipped (see ``skip_nonfinite``
+            of :func:`~jaxtricks.training.steps.make_train_step`).
         epoch_time_s: seconds spent training the epoch (evaluation and checkpoints excluded).
         eval_time_s: seconds spent evaluating the validation data after it.
         examples_per_s: training examples per second of ``epoch_time_s``.

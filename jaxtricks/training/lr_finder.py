@@ -16,8 +16,8 @@ and the test stops after the first step where
 
     s_i > κ · min_{j<i} s_j     (diverged; κ = ``diverge_factor``)
 
-or where ℓ_i or s_i is not finite, or the step was skipped because it would have written a NaN
-or an infinity (non-finite). The moving average lags the raw loss by about β / (1 − β) steps (49
+or where ℓ_i or s_i is not finite, or the train step's non-finite guard skipped the step
+(non-finite). The moving average lags the raw loss by about β / (1 − β) steps (49
 for β = 0.98), a fixed distance in log η: the smoothed minimum sits to the right of the raw
 one.
 

@@ -17,7 +17,10 @@ t advances either way. It tests L, the global norm ‖g‖ (which the step repor
 beyond float32's range counts as non-finite too) and m' against m_t (an infinity a leaf held
 already is allowed). These are what the update reads, so the verdict is known before the
 update runs and the choice between new and old fuses into the update's own pass: the guard
-adds no pass over the state.
+adds no pass over the state. It relies on the float32 norm: a finite ‖g‖ keeps every g² within
+float32's range, so parameters and optimizer state held in float32 cannot overflow from finite
+gradients through squares and sums of them. Held in a narrower dtype (a float16 accumulator,
+``param_dtype=float16``), they can: use ``"strict"`` there.
 
 ``skip_nonfinite="strict"`` also tests what the update writes, θ' and o' against θ_t and o_t:
 it catches an optimizer whose arithmetic makes a NaN or ±Inf from finite gradients (an infinite
@@ -34,8 +37,9 @@ of its own, and the dropout keys are those of a run without it. A precision poli
 dtype and casts the outputs to its output dtype before the loss; θ and o stay in its param
 dtype. With its dynamic loss scale s (float16), the gradient is (1/s) ∇_θ (s L); a step whose
 loss is finite but whose gradient is not is an **overflow**: it keeps θ_t, o_t and m_t, halves
-s and is counted as ``overflow``, not as ``skipped`` (which stays the count of steps skipped
-for a non-finite loss or state).
+s and is counted as ``overflow``, not as ``skipped`` (which stays the count of steps the guard
+skipped: a non-finite loss, gradient norm or model state, and with ``"strict"`` parameters or
+optimizer state).
 
 The default loss is the softmax cross-entropy of the outputs (logits) against integer labels or
 soft targets (a distribution over the classes per example), with the accuracy
@@ -332,9 +336,9 @@ def make_train_step(
             ``skipped = 1``. The gradients count as non-finite when their global norm is (also
             when finite gradients have a norm beyond float32's range, above about 1.8e19).
             ``"strict"``: also when the new parameters or optimizer state would hold a new NaN
-            or Inf (an optimizer's arithmetic overflowing from finite gradients), at the cost
-            of one more pass over the state per step. False: no test. See the module's
-            docstring.
+            or Inf (an optimizer's arithmetic overflowing from finite gradients, or state held
+            in float16), at the cost of one more pass over the state per step. False: no test.
+            See the module's docstring.
         mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
             parallel: the batch is split along its leading axis (its size must divide by the
             number of devices) and the state is kept as

@@ -286,7 +286,8 @@ def test_optimizer_wrapper_cannot_guard_batch_statistics_from_a_bad_input(value)
 @pytest.mark.parametrize("guard", [True, "strict"])
 def test_an_infinity_the_optimizer_state_holds_on_purpose_is_not_a_bad_step(guard):
     """A plateau's best metric is +inf until one is observed: steps that keep it are applied,
-    while a step that writes a new infinity is still skipped."""
+    while a step poisoned by an Inf pixel is still skipped (the strict guard sees the new
+    infinities in the parameters and moments too, the default one the loss)."""
     optimizer = optax.chain(ADAM, scale_by_plateau(epoch_plateau()))
     train_step = make_train_step(MODEL, optimizer, skip_nonfinite=guard)
     state = initial_state(optimizer)
@@ -346,6 +347,34 @@ def test_finite_gradients_with_non_finite_updates_are_skipped_by_the_strict_guar
             assert_bit_identical(state.opt_state, before.opt_state)
         else:
             assert not all_finite(state.params)
+
+
+def test_a_float16_optimizer_state_needs_the_strict_guard():
+    """The default guard bounds the state through the float32 gradient norm, which says nothing
+    of a float16 accumulator: gradients of 1e5 (finite, norm finite) overflow it. The default
+    guard applies that step, as its docstring says; the strict one skips it."""
+    def large_loss(outputs, labels):
+        del labels
+        return 1e5 * jnp.sum(outputs, axis=-1)
+
+    model = nn.Dense(4)
+    optimizer = optax.chain(optax.trace(0.9, accumulator_dtype=jnp.float16), optax.scale(-1e-6))
+    batch = (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32))
+    for guard, skipped in ((True, 0), ("strict", 1)):
+        state = create_train_state(model, optimizer, jax.random.key(0), batch[0])
+        before = snapshot(state)
+        step = make_train_step(model, optimizer, loss_fn=large_loss, metrics={},
+                               skip_nonfinite=guard)
+        # optax.trace adds float32 gradients into its float16 accumulator: standard promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            state, metrics = step(state, batch)
+        assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+        assert int(metrics["skipped"]) == skipped
+        if skipped:
+            assert_bit_identical(state.params, before.params)
+            assert_bit_identical(state.opt_state, before.opt_state)
+        else:
+            assert not all_finite(state.opt_state)
 
 
 def test_the_default_and_strict_guards_skip_the_same_bad_inputs_bit_for_bit():

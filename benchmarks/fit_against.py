@@ -42,6 +42,8 @@ def import_other(root: Path, into: Path) -> Any:
     source = root / "jaxtricks"
     target = into / OTHER
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+    # Every whole word "jaxtricks": imports, and string literals too (names of cache folders,
+    # of the command line), which a benchmark of fit does not reach.
     for path in target.rglob("*.py"):
         path.write_text(re.sub(r"\bjaxtricks\b", OTHER, path.read_text()))
     sys.path.insert(0, str(into))
@@ -50,7 +52,8 @@ def import_other(root: Path, into: Path) -> Any:
 
 def forget_other(into: Path) -> None:
     """Removes what :func:`import_other` added to ``sys.path`` and ``sys.modules``."""
-    sys.path.remove(str(into))
+    if str(into) in sys.path:
+        sys.path.remove(str(into))
     for name in [name for name in sys.modules if name.split(".")[0] == OTHER]:
         del sys.modules[name]
 
@@ -89,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     data = (images, labels, val_x, val_y)
     configs = list(CONFIGS) if args.config == "all" else [args.config]
     with tempfile.TemporaryDirectory() as folder:
-        packages = {"this": jaxtricks, "other": import_other(args.other.resolve(), Path(folder))}
         try:
+            packages = {"this": jaxtricks,
+                        "other": import_other(args.other.resolve(), Path(folder))}
             records = [compare(packages, config, data, args) for config in configs]
         finally:
             forget_other(Path(folder))

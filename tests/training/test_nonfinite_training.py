@@ -349,6 +349,28 @@ def test_finite_gradients_with_non_finite_updates_are_skipped_by_the_strict_guar
             assert not all_finite(state.params)
 
 
+def test_only_the_strict_guard_reads_the_new_parameters_and_optimizer_state():
+    """The default guard's verdict is known before the update, so its select can fuse into it:
+    its step tests fewer arrays for finiteness than the strict one (plain path), has no
+    conditional (the CPU's quick test is the strict guard's), and fit records the choice."""
+    model, optimizer = nn.Dense(64), ADAM  # a (128, 64) kernel: row sums on the CPU
+    batch = (jnp.ones((8, 128)), jnp.zeros((8,), jnp.int32))
+    state = create_train_state(model, optimizer, jax.random.key(0), batch[0])
+
+    def jaxpr(guard, paths):
+        with use_speed_paths(paths):
+            return str(jax.make_jaxpr(make_train_step(model, optimizer,
+                                                      skip_nonfinite=guard))(state, batch))
+
+    plain = {guard: jaxpr(guard, PLAIN) for guard in (True, "strict")}
+    assert plain[True].count("is_finite") < plain["strict"].count("is_finite")
+    quick = PLAIN._replace(finite_check_by_sums=True)
+    assert "cond" not in jaxpr(True, quick) and "cond" in jaxpr("strict", quick)
+    _, history = fit(model, optimizer, np.ones((16, 128), np.float32), np.zeros(16, np.int32),
+                     epochs=1, batch_size=8, progress=False, skip_nonfinite="strict")
+    assert history.header["skip_nonfinite"] == "strict"
+
+
 def test_a_float16_optimizer_state_needs_the_strict_guard():
     """The default guard bounds the state through the float32 gradient norm, which says nothing
     of a float16 accumulator: gradients of 1e5 (finite, norm finite) overflow it. The default

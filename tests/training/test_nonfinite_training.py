@@ -19,6 +19,7 @@ are untouched and ``opt_state.total_notfinite`` counts; it sees only gradients, 
 """
 
 
+import contextlib
 import itertools
 
 import flax.linen as nn
@@ -329,24 +330,37 @@ def test_finite_gradients_whose_norm_leaves_float32_count_as_non_finite(gradient
         assert_bit_identical(state.params, before)
 
 
-@pytest.mark.parametrize("factor", [np.nan, np.inf])
-def test_finite_gradients_with_non_finite_updates_are_skipped_by_the_strict_guard(factor):
-    """The strict guard sees the updates through the new parameters and optimizer state: an
-    optimizer whose updates are NaN or Inf from finite gradients is caught. The default guard
-    tests only what the update reads, and applies the step."""
-    model, optimizer = nn.Dense(4), optax.chain(optax.trace(0.9), optax.scale(factor))
-    batch = (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32))
-    for guard, skipped in (("strict", 1), (True, 0)):
+def one_step_under_each_guard(optimizer, expected_skips, *, promotion=None, **step_kwargs):
+    """One step of ``nn.Dense(4)`` on a fixed batch under each guard of ``expected_skips``
+    (``{guard: skipped}``): the loss and gradient norm finite, ``skipped`` as expected, and a
+    skipped step's parameters and optimizer state bit-identical. Returns each guard's state;
+    ``promotion`` names a JAX dtype-promotion mode to step under (None: the suite's)."""
+    model, batch = nn.Dense(4), (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32))
+    states = {}
+    for guard, skipped in expected_skips.items():
         state = create_train_state(model, optimizer, jax.random.key(0), batch[0])
         before = snapshot(state)
-        state, metrics = make_train_step(model, optimizer, skip_nonfinite=guard)(state, batch)
+        step = make_train_step(model, optimizer, skip_nonfinite=guard, **step_kwargs)
+        with (contextlib.nullcontext() if promotion is None
+              else jax.numpy_dtype_promotion(promotion)):
+            state, metrics = step(state, batch)
         assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
         assert int(metrics["skipped"]) == skipped
         if skipped:
             assert_bit_identical(state.params, before.params)
             assert_bit_identical(state.opt_state, before.opt_state)
-        else:
-            assert not all_finite(state.params)
+        states[guard] = state
+    return states
+
+
+@pytest.mark.parametrize("factor", [np.nan, np.inf])
+def test_finite_gradients_with_non_finite_updates_are_skipped_by_the_strict_guard(factor):
+    """The strict guard sees the updates through the new parameters and optimizer state: an
+    optimizer whose updates are NaN or Inf from finite gradients is caught. The default guard
+    tests only what the update reads, and applies the step."""
+    optimizer = optax.chain(optax.trace(0.9), optax.scale(factor))
+    states = one_step_under_each_guard(optimizer, {"strict": 1, True: 0})
+    assert not all_finite(states[True].params)
 
 
 def test_only_the_strict_guard_reads_the_new_parameters_and_optimizer_state():
@@ -379,24 +393,11 @@ def test_a_float16_optimizer_state_needs_the_strict_guard():
         del labels
         return 1e5 * jnp.sum(outputs, axis=-1)
 
-    model = nn.Dense(4)
     optimizer = optax.chain(optax.trace(0.9, accumulator_dtype=jnp.float16), optax.scale(-1e-6))
-    batch = (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32))
-    for guard, skipped in ((True, 0), ("strict", 1)):
-        state = create_train_state(model, optimizer, jax.random.key(0), batch[0])
-        before = snapshot(state)
-        step = make_train_step(model, optimizer, loss_fn=large_loss, metrics={},
-                               skip_nonfinite=guard)
-        # optax.trace adds float32 gradients into its float16 accumulator: standard promotion.
-        with jax.numpy_dtype_promotion("standard"):
-            state, metrics = step(state, batch)
-        assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
-        assert int(metrics["skipped"]) == skipped
-        if skipped:
-            assert_bit_identical(state.params, before.params)
-            assert_bit_identical(state.opt_state, before.opt_state)
-        else:
-            assert not all_finite(state.opt_state)
+    # optax.trace adds float32 gradients into its float16 accumulator: standard promotion.
+    states = one_step_under_each_guard(optimizer, {True: 0, "strict": 1}, promotion="standard",
+                                       loss_fn=large_loss, metrics={})
+    assert not all_finite(states[True].opt_state)
 
 
 def test_the_default_and_strict_guards_skip_the_same_bad_inputs_bit_for_bit():

@@ -1,7 +1,7 @@
 """The speed paths jaxtricks takes on each backend, chosen here and nowhere else.
 
 A speed path computes what the plain path computes, faster on one backend: the same model,
-loss and update, up to float rounding. Four exist, each measured on XLA:CPU
+loss and update, up to float rounding. Five exist, each measured on XLA:CPU
 (docs/benchmarks.md says how much each gives and with which command):
 
 - ``batch_norm_custom_gradient``: :class:`jaxtricks.models.BatchNorm` trains with its
@@ -46,13 +46,14 @@ class SpeedPaths(NamedTuple):
     runner: str  # "auto", "loop" or "scan"
     donate_state: bool
     finite_check_by_sums: bool
+    one_channel_conv_by_shifts: bool
 
 
 PLAIN = SpeedPaths(batch_norm_custom_gradient=False, runner="loop", donate_state=True,
-                   finite_check_by_sums=False)
+                   finite_check_by_sums=False, one_channel_conv_by_shifts=False)
 _MEASURED = {
     "cpu": SpeedPaths(batch_norm_custom_gradient=True, runner="auto", donate_state=False,
-                      finite_check_by_sums=True),
+                      finite_check_by_sums=True, one_channel_conv_by_shifts=True),
 }
 _OVERRIDE: contextvars.ContextVar[SpeedPaths | None] = contextvars.ContextVar(
     "jaxtricks_speed_paths", default=None
@@ -104,7 +105,8 @@ def use_speed_paths(paths: SpeedPaths) -> Iterator[SpeedPaths]:
         raise ValueError(f"paths must be a SpeedPaths, got {paths!r}")
     if paths.runner not in RUNNERS:
         raise ValueError(f"paths.runner must be one of {RUNNERS}, got {paths.runner!r}")
-    for name in ("batch_norm_custom_gradient", "donate_state", "finite_check_by_sums"):
+    for name in ("batch_norm_custom_gradient", "donate_state", "finite_check_by_sums",
+                 "one_channel_conv_by_shifts"):
         if not isinstance(getattr(paths, name), bool):
             raise ValueError(f"paths.{name} must be a bool, got {getattr(paths, name)!r}")
     token = _OVERRIDE.set(paths)

@@ -30,7 +30,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxtricks.backend import speed_paths
 from jaxtricks.models.batch_norm import BatchNorm
+from jaxtricks.models.conv import conv_general_dilated_by_shifts
 from jaxtricks.tricks.checks import check_callable, check_int, check_range
 from jaxtricks.tricks.initializers import he_normal
 
@@ -104,8 +106,17 @@ class NormActModule(nn.Module):
             **kwargs,
         )
 
-    def conv(self, features: int, kernel_size: int, strides: int = 1, **kwargs: Any) -> nn.Conv:
-        """A square Conv layer with ``SAME`` padding, without bias when batch norm follows it."""
+    def conv(self, features: int, kernel_size: int, strides: int = 1, *, train: bool = False,
+             **kwargs: Any) -> nn.Conv:
+        """A square Conv layer with ``SAME`` padding, without bias when batch norm follows it.
+
+        With ``train=True`` and the backend's ``one_channel_conv_by_shifts`` speed path
+        (:func:`jaxtricks.backend.speed_paths`), a one-channel input is convolved by
+        :func:`jaxtricks.models.conv.conv_general_dilated_by_shifts`: the same layer and
+        parameters, its forward pass as shifted multiply-adds.
+        """
+        if train and speed_paths().one_channel_conv_by_shifts:
+            kwargs.setdefault("conv_general_dilated", conv_general_dilated_by_shifts)
         return nn.Conv(
             features,
             (kernel_size, kernel_size),

@@ -84,7 +84,7 @@ class CNN(Classifier):
         check_input("CNN", x, ndim=4, expected="(N, H, W, C), e.g. (N, 28, 28, 1)")
         h = x
         for channels in self.features:
-            h = self.conv(channels, 3)(h)
+            h = self.conv(channels, 3, train=train)(h)
             h = self.activate(self.normalize(h, train))
             h = average_pool_2x2(h)
         h = h.reshape((h.shape[0], -1))

@@ -130,7 +130,7 @@ class ResNet(Classifier):
             The float32 logits.
         """
         check_input("ResNet", x, ndim=4, expected="(N, H, W, C), e.g. (N, 28, 28, 1)")
-        h = self.conv(self.width, 3)(x)
+        h = self.conv(self.width, 3, train=train)(x)
         h = self.activate(self.normalize(h, train))
         for stage, num_blocks in enumerate(self.stage_sizes):
             for index in range(num_blocks):

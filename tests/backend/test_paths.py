@@ -9,11 +9,11 @@ from jaxtricks.backend import PLAIN, SpeedPaths, speed_paths, use_speed_paths
 def test_measured_paths_on_the_cpu_and_plain_elsewhere():
     cpu = speed_paths("cpu")
     assert cpu.batch_norm_custom_gradient and cpu.runner == "auto" and not cpu.donate_state
-    assert cpu.finite_check_by_sums
+    assert cpu.finite_check_by_sums and cpu.one_channel_conv_by_shifts
     for platform in ("gpu", "cuda", "rocm", "tpu", "metal"):
         assert speed_paths(platform) == PLAIN
     assert PLAIN == SpeedPaths(batch_norm_custom_gradient=False, runner="loop", donate_state=True,
-                               finite_check_by_sums=False)
+                               finite_check_by_sums=False, one_channel_conv_by_shifts=False)
     assert speed_paths() == speed_paths(jax.default_backend())
 
 
@@ -35,6 +35,7 @@ def test_use_speed_paths_replaces_the_choice_inside_its_block_only():
         (PLAIN._replace(donate_state=1), "paths.donate_state"),
         (PLAIN._replace(batch_norm_custom_gradient=None), "paths.batch_norm_custom_gradient"),
         (PLAIN._replace(finite_check_by_sums="yes"), "paths.finite_check_by_sums"),
+        (PLAIN._replace(one_channel_conv_by_shifts=0), "paths.one_channel_conv_by_shifts"),
     ],
 )
 def test_bad_paths_are_refused(paths, name):

@@ -13,6 +13,7 @@ import optax
 import pytest
 from flax import traverse_util
 
+from jaxtricks.backend import PLAIN, use_speed_paths
 from jaxtricks.models import CNN, MLP, ResNet
 
 # Small enough for a shared CPU; the ResNet has an identity block (4 → 4 channels) and a
@@ -144,12 +145,16 @@ def test_training_dropout_depends_on_the_key_only(name, images, getkey):
     other, _ = train_apply(model, variables, images, getkey())
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
-    # Without dropout, training needs no key.
+    # Without dropout, training needs no key, and computes what evaluation computes: the same
+    # bits on the plain paths; on the CPU's, a one-channel first convolution by shifted sums
+    # rounds differently.
     plain = FACTORIES[name]()
-    np.testing.assert_array_equal(
-        plain.apply(variables, images, train=True, mutable=["batch_stats"])[0],
-        plain.apply(variables, images, train=False),
-    )
+    evaluated = plain.apply(variables, images, train=False)
+    with use_speed_paths(PLAIN):
+        trained = plain.apply(variables, images, train=True, mutable=["batch_stats"])[0]
+    np.testing.assert_array_equal(trained, evaluated)
+    trained = plain.apply(variables, images, train=True, mutable=["batch_stats"])[0]
+    np.testing.assert_allclose(trained, evaluated, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", FACTORIES)

@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 from typing import Any
 
 import jax
@@ -54,6 +55,29 @@ def mnist(train_examples: int | None = None, test_examples: int | None = None):
         preprocessing.standardize(test, stats),
         data.test_labels[:test_examples].astype(np.int32),
     )
+
+
+def interleaved_step_ms(steps: dict[str, Any], states: dict[str, Any], batches: list[Any],
+                        rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per step of each ``step(state, batch) -> (state, metrics)``, per round.
+
+    A round runs every step once over ``batches[0]`` untimed, then times it over the rest;
+    odd rounds take the steps in reverse order, so that a change of load affects all alike.
+    ``states`` is updated in place with each step's last state.
+    """
+    ms: dict[str, list[float]] = {name: [] for name in steps}
+    for round_ in range(rounds):
+        for name in list(steps)[::-1 if round_ % 2 else 1]:
+            step = steps[name]
+            state, _ = step(states[name], batches[0])
+            jax.block_until_ready(state)
+            tick = time.perf_counter()
+            for batch in batches[1:]:
+                state, _ = step(state, batch)
+            jax.block_until_ready(state)
+            ms[name].append((time.perf_counter() - tick) / (len(batches) - 1) * 1e3)
+            states[name] = state
+    return ms
 
 
 def summarize(values: list[float]) -> dict[str, float]:

@@ -18,14 +18,13 @@ unguarded (median, min, max). Configs are train_throughput's: ``default`` (batch
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.common import emit, machine, mnist, summarize, table
+from benchmarks.common import emit, interleaved_step_ms, machine, mnist, summarize, table
 from benchmarks.train_throughput import CONFIGS
 from jaxtricks.backend import speed_paths, use_speed_paths
 from jaxtricks.models import CNN
@@ -62,18 +61,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             steps["strict_exact"] = make_train_step(model, tx, skip_nonfinite="strict")
         states = {kind: create_train_state(model, tx, jax.random.key(0), images[:1])
                   for kind in steps}
-        ms: dict[str, list[float]] = {kind: [] for kind in steps}
-        for round_ in range(args.rounds):
-            for kind in list(steps)[::-1 if round_ % 2 else 1]:
-                step = steps[kind]
-                state, _ = step(states[kind], batches[0])
-                jax.block_until_ready(state)
-                tick = time.perf_counter()
-                for batch in batches[1:]:
-                    state, _ = step(state, batch)
-                jax.block_until_ready(state)
-                ms[kind].append((time.perf_counter() - tick) / args.steps * 1e3)
-                states[kind] = state
+        ms = interleaved_step_ms(steps, states, batches, args.rounds)
         record = {
             "benchmark": "nonfinite_guard", "config": name, "rounds": args.rounds,
             "steps": args.steps, "batch_size": args.batch_size,

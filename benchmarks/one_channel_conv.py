@@ -58,17 +58,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for name in MODELS if args.config == "all" else [args.config]:
         model_kwargs, optimizer = MODELS[name]
         model, tx = CNN(**model_kwargs), optimizer()
-        steps, states = {}, {}
+        steps, states, convolutions = {}, {}, {}
         for path, on in (("xla", False), ("shifts", True)):
+            state = create_train_state(model, tx, jax.random.key(0), images[:1])
+            # The model reads the path when the step is traced: trace it inside the block (the
+            # first call), and count the convolutions XLA is left with.
             with use_speed_paths(speed_paths()._replace(one_channel_conv_by_shifts=on)):
                 steps[path] = make_train_step(model, tx)
-            states[path] = create_train_state(model, tx, jax.random.key(0), images[:1])
+                text = jax.jit(steps[path]).lower(state, batches[0]).as_text()
+                convolutions[path] = text.count("stablehlo.convolution")
+                states[path], _ = steps[path](state, batches[0])
         ms = interleaved_step_ms(steps, states, batches, args.rounds)
         record = {
             "benchmark": "one_channel_conv", "config": name, "rounds": args.rounds,
             "steps": args.steps, "batch_size": args.batch_size,
             "model": {**model_kwargs, **({"features": list(model_kwargs["features"])}
                                          if "features" in model_kwargs else {})},
+            "convolutions": convolutions,
             "xla_ms": summarize(ms["xla"]), "shifts_ms": summarize(ms["shifts"]),
             "ratio": summarize([a / b for a, b in zip(ms["xla"], ms["shifts"], strict=True)]),
             **machine(),

@@ -20,6 +20,9 @@ def test_a_short_run_reports_both_paths_and_their_ratio(conv, capsys):
     assert lines == json.loads(json.dumps(records))
     (record,) = records
     assert record["config"] == "time_to_99" and record["model"]["features"] == [16, 32]
+    # The two steps differ: with the path, XLA convolves one input fewer (the first layer's
+    # forward pass); both keep the gradients' convolutions.
+    assert record["convolutions"]["shifts"] == record["convolutions"]["xla"] - 1 > 0
     for key in ("xla_ms", "shifts_ms", "ratio"):
         assert record[key]["n"] == 2 and 0 < record[key]["min"] <= record[key]["max"]
     low = record["xla_ms"]["min"] / record["shifts_ms"]["max"]

@@ -60,9 +60,15 @@ CONFIGS = {
 
 
 class FlaxCNN(CNN):
-    """jaxtricks' CNN with stock ``flax.linen.BatchNorm``, for the plain-Flax baseline."""
+    """jaxtricks' CNN with stock ``flax.linen.BatchNorm`` and ``flax.linen.Conv`` (no speed
+    path for the one-channel first convolution), for the plain-Flax baseline."""
 
     batch_norm_layer = nn.BatchNorm
+
+    def conv(self, features: int, kernel_size: int, strides: int = 1, *, train: bool = False,
+             **kwargs: Any) -> nn.Conv:
+        del train  # the training path is the speed path; the baseline takes XLA's convolution
+        return super().conv(features, kernel_size, strides, **kwargs)
 
 
 def _plain_loop(model: nn.Module, tx, images, labels, batch_size, steps, seed) -> float:

@@ -93,3 +93,20 @@ def test_quick_run_reports_every_baseline(throughput, capsys):
             record["jaxtricks_images_per_s"]["median"] / record["torch_images_per_s"]["median"]
         )
     assert record["jaxtricks_compile_time_s"] > 0 and record["cpu_count"] >= 1
+
+
+@pytest.mark.parametrize("use_batch_norm", [False, True])
+def test_the_flax_baseline_trains_without_jaxtricks_speed_paths(throughput, use_batch_norm):
+    """The plain-Flax loop's model: Flax's batch norm and XLA's convolution for every layer,
+    where jaxtricks' CNN on the CPU convolves the one-channel input by shifted sums."""
+    x = np.zeros((2, 28, 28, 1), np.float32)
+    convolutions = {}
+    for name, cls in (("jaxtricks", CNN), ("flax", throughput.FlaxCNN)):
+        model = cls(features=(4, 8), hidden=16, use_batch_norm=use_batch_norm)
+        variables = model.init(jax.random.key(0), x, train=False)
+        text = str(jax.make_jaxpr(lambda v, model=model: model.apply(
+            v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}))(
+                variables))
+        convolutions[name] = text.count("conv_general_dilated[")
+        assert ("custom_vjp_call" in text) == (name == "jaxtricks"), name
+    assert convolutions == {"jaxtricks": 1, "flax": 2}

@@ -57,6 +57,14 @@ def mnist(train_examples: int | None = None, test_examples: int | None = None):
     )
 
 
+def mnist_batches(batch_size: int, count: int) -> list[tuple[jax.Array, jax.Array]]:
+    """The first ``count`` batches of ``batch_size`` real MNIST training images and labels, on
+    the device."""
+    images, labels, _, _ = mnist(train_examples=batch_size * count)
+    return [(jax.device_put(images[i * batch_size:(i + 1) * batch_size]),
+             jax.device_put(labels[i * batch_size:(i + 1) * batch_size])) for i in range(count)]
+
+
 def interleaved_step_ms(steps: dict[str, Any], states: dict[str, Any], batches: list[Any],
                         rounds: int) -> dict[str, list[float]]:
     """Milliseconds per step of each ``step(state, batch) -> (state, metrics)``, per round.

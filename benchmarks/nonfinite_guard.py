@@ -22,9 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from benchmarks.common import emit, interleaved_step_ms, machine, mnist, summarize, table
+from benchmarks.common import emit, interleaved_step_ms, machine, mnist_batches, summarize, table
 from benchmarks.train_throughput import CONFIGS
 from jaxtricks.backend import speed_paths, use_speed_paths
 from jaxtricks.models import CNN
@@ -45,11 +44,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.steps < 1:
         raise SystemExit("--rounds and --steps must be at least 1")
-    images, labels, _, _ = mnist(train_examples=args.batch_size * (args.steps + 1))
-    images, labels = jnp.asarray(images), jnp.asarray(labels)
-    batches = [(images[i * args.batch_size:(i + 1) * args.batch_size],
-                labels[i * args.batch_size:(i + 1) * args.batch_size])
-               for i in range(args.steps + 1)]
+    batches = mnist_batches(args.batch_size, args.steps + 1)
     records, rows = [], []
     for name in CONFIGS if args.config == "all" else [args.config]:
         config = CONFIGS[name]
@@ -59,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                  "strict": make_train_step(model, tx, skip_nonfinite="strict")}
         with use_speed_paths(speed_paths()._replace(finite_check_by_sums=False)):
             steps["strict_exact"] = make_train_step(model, tx, skip_nonfinite="strict")
-        states = {kind: create_train_state(model, tx, jax.random.key(0), images[:1])
+        states = {kind: create_train_state(model, tx, jax.random.key(0), batches[0][0][:1])
                   for kind in steps}
         ms = interleaved_step_ms(steps, states, batches, args.rounds)
         record = {

@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 import jaxtricks as jt
-from benchmarks.common import emit, interleaved_step_ms, machine, mnist, summarize, table
+from benchmarks.common import emit, interleaved_step_ms, machine, mnist_batches, summarize, table
 from benchmarks.time_to_99 import RECIPES
 from benchmarks.train_throughput import CONFIGS
 from jaxtricks.backend import speed_paths, use_speed_paths
@@ -49,18 +48,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     if min(args.rounds, args.steps, args.batch_size) < 1:
         raise SystemExit("--rounds, --steps and --batch-size must be at least 1")
-    images, labels, _, _ = mnist(train_examples=args.batch_size * (args.steps + 1))
-    images, labels = jnp.asarray(images), jnp.asarray(labels)
-    batches = [(images[i * args.batch_size:(i + 1) * args.batch_size],
-                labels[i * args.batch_size:(i + 1) * args.batch_size])
-               for i in range(args.steps + 1)]
+    batches = mnist_batches(args.batch_size, args.steps + 1)
     records, rows = [], []
     for name in MODELS if args.config == "all" else [args.config]:
         model_kwargs, optimizer = MODELS[name]
         model, tx = CNN(**model_kwargs), optimizer()
         steps, states, convolutions = {}, {}, {}
         for path, on in (("xla", False), ("shifts", True)):
-            state = create_train_state(model, tx, jax.random.key(0), images[:1])
+            state = create_train_state(model, tx, jax.random.key(0), batches[0][0][:1])
             # The model reads the path when the step is traced: trace it inside the block (the
             # first call), and count the convolutions XLA is left with.
             with use_speed_paths(speed_paths()._replace(one_channel_conv_by_shifts=on)):

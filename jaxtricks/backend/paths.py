@@ -91,7 +91,9 @@ def speed_paths(platform: str | None = None) -> SpeedPaths:
 def use_speed_paths(paths: SpeedPaths) -> Iterator[SpeedPaths]:
     """Takes ``paths`` instead of the backend's choice inside the ``with`` block.
 
-    Training steps built inside the block keep the paths they were built with.
+    A training step built inside the block keeps its ``finite_check_by_sums`` path. The models
+    read the batch-norm and convolution paths when a step is traced (its first call), so call a
+    step for the first time inside the block for it to take the block's paths throughout.
 
     Args:
         paths: a :class:`SpeedPaths`, e.g. :data:`PLAIN`.

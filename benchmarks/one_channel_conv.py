@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             # first call), and count the convolutions XLA is left with.
             with use_speed_paths(speed_paths()._replace(one_channel_conv_by_shifts=on)):
                 steps[path] = make_train_step(model, tx)
-                text = jax.jit(steps[path]).lower(state, batches[0]).as_text()
+                text = steps[path].lower(state, batches[0]).as_text()
                 convolutions[path] = text.count("stablehlo.convolution")
                 states[path], _ = steps[path](state, batches[0])
         ms = interleaved_step_ms(steps, states, batches, args.rounds)

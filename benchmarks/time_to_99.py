@@ -47,10 +47,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         optimizer="adam", peak_lr=4e-3, b1=0.9, batch_size=256, epochs=1, eval_from=120,
         eval_every=30,
     ),
-    # The small net below on batch 64 and a cycle of 1.25 epochs. On the 2-core Xeon of
-    # docs/benchmarks.md a training image costs about as much at batch 32-96 and more at 128
-    # and 256, and batch 64 took 0.85-0.98 epochs to 99% (seeds 0-4) against 0.98-1.24 at
-    # batch 128. A check of the test split costs about as much as 85 steps, hence few checks.
+    # The small net below on batch 64 and a cycle of 1.25 epochs. On the 2-core AMD EPYC of
+    # docs/benchmarks.md a training image costs about as much at batch 32-128 (88-99 us), and
+    # batch 64 took 0.85-0.98 epochs to 99% (seeds 0-4) against 0.98-1.24 at batch 128. A
+    # check of the test split costs about as much as 85 steps, hence few checks.
     "fast": dict(
         model=dict(features=(16, 32), hidden=128, use_batch_norm=True),
         optimizer="adam", peak_lr=4e-3, b1=0.9, batch_size=64, epochs=1.25, eval_from=800,

@@ -56,13 +56,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         steps, states, convolutions = {}, {}, {}
         for path, on in (("xla", False), ("shifts", True)):
             state = create_train_state(model, tx, jax.random.key(0), batches[0][0][:1])
-            # The model reads the path when the step is traced: trace it inside the block (the
-            # first call), and count the convolutions XLA is left with.
+            # A step keeps the paths it was built with; count the convolutions XLA is left with.
             with use_speed_paths(speed_paths()._replace(one_channel_conv_by_shifts=on)):
                 steps[path] = make_train_step(model, tx)
-                text = steps[path].lower(state, batches[0]).as_text()
-                convolutions[path] = text.count("stablehlo.convolution")
-                states[path], _ = steps[path](state, batches[0])
+            text = steps[path].lower(state, batches[0]).as_text()
+            convolutions[path] = text.count("stablehlo.convolution")
+            states[path], _ = steps[path](state, batches[0])
         ms = interleaved_step_ms(steps, states, batches, args.rounds)
         record = {
             "benchmark": "one_channel_conv", "config": name, "rounds": args.rounds,

@@ -91,9 +91,10 @@ def speed_paths(platform: str | None = None) -> SpeedPaths:
 def use_speed_paths(paths: SpeedPaths) -> Iterator[SpeedPaths]:
     """Takes ``paths`` instead of the backend's choice inside the ``with`` block.
 
-    A training step built inside the block keeps its ``finite_check_by_sums`` path. The models
-    read the batch-norm and convolution paths when a step is traced (its first call), so call a
-    step for the first time inside the block for it to take the block's paths throughout.
+    A training or evaluation step built inside the block keeps the block's paths, wherever it
+    is called: it enters them again while it is traced, when the models read the batch-norm and
+    convolution paths. A model applied outside a step reads the paths in force when it is
+    traced.
 
     Args:
         paths: a :class:`SpeedPaths`, e.g. :data:`PLAIN`.

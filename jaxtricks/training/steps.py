@@ -63,7 +63,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxtricks.backend import speed_paths
+from jaxtricks.backend import SpeedPaths, speed_paths, use_speed_paths
 from jaxtricks.training.caching import jit_with, shared
 from jaxtricks.training.model import FunctionalModel, functional_model
 from jaxtricks.training.precision import LossScaleState, Precision, as_precision
@@ -440,9 +440,21 @@ def _casts(precision: Precision | None) -> tuple[Callable[[Any], Any], Callable[
     return precision.cast_to_compute, precision.cast_to_output
 
 
+def _traced_under(paths: SpeedPaths, step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step``, traced inside ``use_speed_paths(paths)``: the models read the batch-norm and
+    convolution paths when they are traced, and a step keeps the paths it was built with
+    wherever it is first called."""
+
+    @functools.wraps(step)
+    def traced(*args: Any) -> Any:
+        with use_speed_paths(paths):
+            return step(*args)
+
+    return traced
+
+
 def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite, mesh,
                       shard_optimizer_state, donate, paths, precision, batch_transform):
-    # The paths are part of the cache key: the model's batch norm also reads them when traced.
     to_compute, to_output = _casts(precision)
     scaled = precision is not None and precision.loss_scale is not None
 
@@ -541,7 +553,7 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
             values["loss_scale"] = cast(jax.Array, loss_scale.scale).astype(jnp.float32)
         return constrain_state(new), values
 
-    return jax.jit(train_step, donate_argnums=0 if donate else ())
+    return jax.jit(_traced_under(paths, train_step), donate_argnums=0 if donate else ())
 
 
 def make_eval_step(
@@ -591,7 +603,6 @@ def make_eval_step(
 
 
 def _build_eval_step(fm: FunctionalModel, objective, mesh, paths, precision):
-    del paths
     to_compute, to_output = _casts(precision)
 
     def eval_step(state: TrainState, batch: Batch, mask: jax.Array) -> Metrics:
@@ -616,7 +627,7 @@ def _build_eval_step(fm: FunctionalModel, objective, mesh, paths, precision):
             sums["classes"] = jnp.asarray(outputs.shape[-1], jnp.int32)
         return sums
 
-    return jax.jit(eval_step)
+    return jax.jit(_traced_under(paths, eval_step))
 
 
 def _eval_batch(step_and_size, state, data, start, totals):

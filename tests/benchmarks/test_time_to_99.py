@@ -3,6 +3,7 @@
 import json
 
 import jax.numpy as jnp
+import optax
 import pytest
 from benchmark_modules import import_benchmark
 
@@ -17,9 +18,32 @@ def test_eval_batches_must_divide_the_split(time_to_99):
         time_to_99._whole_split_correct(None, jnp.zeros((10, 2)), jnp.zeros(10, jnp.int32), 3)
 
 
-def test_bad_target_is_refused(time_to_99):
-    with pytest.raises(ValueError, match="--target"):
-        time_to_99.main(["--target", "1.5"])
+@pytest.mark.parametrize("flags", [["--target", "1.5"], ["--steps", "0"],
+                                   ["--label-smoothing", "1.5"]], ids=lambda f: f[0])
+def test_bad_flags_are_refused(time_to_99, flags):
+    with pytest.raises(ValueError, match=flags[0]):
+        time_to_99.main(flags)
+
+
+def test_a_run_that_misses_the_target_counts_as_infinitely_slow(time_to_99):
+    runs = [{"wall_s": 5.0, "reached": True}, {"wall_s": 1.0, "reached": False},
+            {"wall_s": 7.0, "reached": True}]
+    assert time_to_99.median_wall_s(runs) == 7.0
+    assert time_to_99.median_wall_s(runs[:2]) == float("inf")
+    assert time_to_99.median_wall_s(runs[::2]) == 6.0
+
+
+def test_label_smoothing_picks_the_smoothed_loss(time_to_99):
+    from jaxtricks.models import CNN
+    from jaxtricks.training.steps import make_train_step
+    from jaxtricks.tricks.soft_targets import smoothed_cross_entropy
+
+    model, tx = CNN(features=(4,), hidden=8), optax.sgd(0.1)
+    smoothed = time_to_99._train_step({"label_smoothing": 0.05}, model, tx)
+    # make_train_step gives the same function for equal arguments.
+    assert smoothed is make_train_step(model, tx, loss_fn=smoothed_cross_entropy(0.05))
+    assert time_to_99._train_step({}, model, tx) is make_train_step(model, tx)
+    assert time_to_99._train_step({"label_smoothing": 0.0}, model, tx) is not smoothed
 
 
 @pytest.mark.slow
@@ -59,3 +83,17 @@ def test_a_fractional_cycle_ends_mid_epoch_and_checks_where_it_ends(time_to_99):
     assert not record["reached"]
     assert [point[0] for point in record["curve"]] == [5, 10, 15, 16, 20, 24]
     assert record["step"] == 24 and record["epochs"] == 1.5
+
+
+@pytest.mark.slow
+def test_a_cycle_in_steps_overrides_epochs(time_to_99):
+    train_x, train_y, test_x, test_y = time_to_99.mnist(train_examples=2048, test_examples=1000)
+    recipe = dict(
+        model=dict(features=(4, 8), hidden=16, use_batch_norm=True), optimizer="adam",
+        peak_lr=4e-3, b1=0.9, batch_size=128, epochs=3, steps=20, label_smoothing=0.1,
+        eval_every=5, eval_from=0,
+    )
+    # 16 steps an epoch: the 20-step cycle ends 4 steps into the second, and is checked there.
+    record = time_to_99.run(recipe, 0, train_x, train_y, test_x, test_y, target=1.01)
+    assert [point[0] for point in record["curve"]] == [5, 10, 15, 16, 20]
+    assert record["step"] == 20 and record["epochs"] == 1.25

@@ -70,30 +70,24 @@ def test_quick_run_stops_at_the_target(time_to_99, capsys):
 
 
 @pytest.mark.slow
-def test_a_fractional_cycle_ends_mid_epoch_and_checks_where_it_ends(time_to_99):
+@pytest.mark.parametrize(
+    ("cycle", "checks"),
+    [
+        # 16 steps an epoch, a cycle of 24: checks every 5 steps, at the epoch's end (16) and
+        # where the cycle ends (24), which an unreachable target lets the run get to.
+        (dict(epochs=1.5, runner="scan"), [5, 10, 15, 16, 20, 24]),
+        # A cycle in steps overrides epochs: 20 steps end 4 into the second epoch, checked there.
+        (dict(epochs=3, steps=20, label_smoothing=0.1), [5, 10, 15, 16, 20]),
+    ],
+    ids=["epochs", "steps"],
+)
+def test_a_fractional_cycle_ends_mid_epoch_and_checks_where_it_ends(time_to_99, cycle, checks):
     train_x, train_y, test_x, test_y = time_to_99.mnist(train_examples=2048, test_examples=1000)
     recipe = dict(
         model=dict(features=(4, 8), hidden=16, use_batch_norm=True), optimizer="adam",
-        peak_lr=4e-3, b1=0.9, batch_size=128, epochs=1.5, eval_every=5, eval_from=0,
-        runner="scan",
+        peak_lr=4e-3, b1=0.9, batch_size=128, eval_every=5, eval_from=0, **cycle,
     )
-    # 16 steps an epoch, a cycle of 24: checks every 5 steps, at the epoch's end (16) and where
-    # the cycle ends (24), which an unreachable target lets the run get to.
     record = time_to_99.run(recipe, 0, train_x, train_y, test_x, test_y, target=1.01)
     assert not record["reached"]
-    assert [point[0] for point in record["curve"]] == [5, 10, 15, 16, 20, 24]
-    assert record["step"] == 24 and record["epochs"] == 1.5
-
-
-@pytest.mark.slow
-def test_a_cycle_in_steps_overrides_epochs(time_to_99):
-    train_x, train_y, test_x, test_y = time_to_99.mnist(train_examples=2048, test_examples=1000)
-    recipe = dict(
-        model=dict(features=(4, 8), hidden=16, use_batch_norm=True), optimizer="adam",
-        peak_lr=4e-3, b1=0.9, batch_size=128, epochs=3, steps=20, label_smoothing=0.1,
-        eval_every=5, eval_from=0,
-    )
-    # 16 steps an epoch: the 20-step cycle ends 4 steps into the second, and is checked there.
-    record = time_to_99.run(recipe, 0, train_x, train_y, test_x, test_y, target=1.01)
-    assert [point[0] for point in record["curve"]] == [5, 10, 15, 16, 20]
-    assert record["step"] == 20 and record["epochs"] == 1.25
+    assert [point[0] for point in record["curve"]] == checks
+    assert record["step"] == checks[-1] and record["epochs"] == checks[-1] / 16

@@ -457,13 +457,17 @@ def test_extreme_finite_input_is_skipped_with_all_state_kept():
 
 
 
+
 def _step_jaxprs(model, paths_built, paths_traced, state, batch):
-    """The jaxprs of a train and an eval step built under one set of speed paths and traced
-    (first called) under another."""
+    """The jaxprs of a train and an eval step built under one set of speed paths and first
+    traced under another. Each call builds new steps: a new optimizer makes another cache key,
+    and a jitted function keeps its first trace."""
     from jaxtricks.backend import use_speed_paths
 
+    optimizer = optax.sgd(0.05, momentum=0.9)
     with use_speed_paths(paths_built):
-        train, evaluate_ = make_train_step(model, OPTIMIZER), make_eval_step(model)
+        train = make_train_step(model, optimizer)
+        evaluate_ = make_eval_step(model, loss_fn=lambda logits, y: jnp.zeros(y.shape))
     mask = jnp.ones((batch[1].shape[0],), jnp.bool_)
     with use_speed_paths(paths_traced):
         return (str(jax.make_jaxpr(train)(state, batch)),
@@ -476,20 +480,15 @@ def test_a_step_keeps_the_speed_paths_it_was_built_with_wherever_it_is_traced():
     from jaxtricks.backend import PLAIN, speed_paths
     from jaxtricks.models import CNN
 
-    model = CNN(features=(4, 8), hidden=16, use_batch_norm=True)
+    model = CNN(features=(3, 5), hidden=7, use_batch_norm=True)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 12, 12, 1)), jnp.float32)
     batch = (x, jnp.arange(4, dtype=jnp.int32))
     state = create_train_state(model, OPTIMIZER, jax.random.key(0), x)
     fast = speed_paths("cpu")
     assert fast.one_channel_conv_by_shifts and fast.batch_norm_custom_gradient
-    # Each step's first trace under the other paths; then, with JAX's caches cleared (a jitted
-    # function keeps its first trace), each under its own.
-    jax.clear_caches()
+    own = [_step_jaxprs(model, paths, paths, state, batch) for paths in (PLAIN, fast)]
     crossed = [_step_jaxprs(model, PLAIN, fast, state, batch),
                _step_jaxprs(model, fast, PLAIN, state, batch)]
-    jax.clear_caches()
-    own = [_step_jaxprs(model, PLAIN, PLAIN, state, batch),
-           _step_jaxprs(model, fast, fast, state, batch)]
     # The two paths give two training programs (evaluation takes neither path); each step gives
     # the program of the paths it was built with.
     assert own[0][0] != own[1][0]

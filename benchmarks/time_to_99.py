@@ -289,8 +289,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--b1", type=float, help="override Adam's β₁")
     parser.add_argument(
         "--epochs", type=float,
-        help="override the one-cycle length in epochs (may be fractional; drops the recipe's "
-             "--steps)",
+        help="override the one-cycle length in epochs (may be fractional; replaces the recipe's "
+             "steps)",
     )
     parser.add_argument("--steps", type=int, help="override the one-cycle length in steps")
     parser.add_argument(

@@ -53,18 +53,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         eval_every=30,
     ),
     # The small net below on batch 64, a cycle of 700 steps (0.75 epoch) at a peak of 1e-2 and
-    # label smoothing 0.05, checked once, where the cycle ends. Chosen on seeds 20-31 (the
-    # benchmark reports 0-4) on the 2-core AMD EPYC of docs/benchmarks.md: at the end of a
-    # 700-step cycle all twelve seeds were at 99.08-99.20%; plain cross-entropy at 4e-3 was at
-    # 98.86-99.09% (4 seeds), and 600 steps left seeds below 99%. A check of the test split
-    # costs as much as some 80 steps, so one check where the accuracy peaks beats several.
+    # label smoothing 0.05, checked once, where the cycle ends and the accuracy peaks (a check
+    # of the test split costs as much as many steps). Chosen on seeds 20-31, not the reported
+    # 0-4; the figures and commands it was chosen by are in docs/benchmarks.md (Time to 99%).
     "fast": dict(
         model=dict(features=(16, 32), hidden=128, use_batch_norm=True),
         optimizer="adam", peak_lr=1e-2, b1=0.9, batch_size=64, steps=700, label_smoothing=0.05,
         eval_from=700, eval_every=100,
     ),
-    # The `fast` recipe until 2026-12-06: plain cross-entropy at a peak of 4e-3 over 1.25
-    # epochs, checked every 120 steps from step 800; it crossed 99% after 800-960 steps.
+    # Plain cross-entropy at a peak of 4e-3 over 1.25 epochs, checked every 120 steps from step
+    # 800 (the previous `fast`, kept for comparison).
     "fast_long": dict(
         model=dict(features=(16, 32), hidden=128, use_batch_norm=True),
         optimizer="adam", peak_lr=4e-3, b1=0.9, batch_size=64, epochs=1.25, eval_from=800,

@@ -32,8 +32,6 @@ from benchmarks.common import emit, machine, mnist, summarize, table
 from benchmarks.train_throughput import CONFIGS
 
 OTHER = "jaxtricks_other"
-# Each config's optimizer as (name in the package, arguments), built from either package.
-OPTIMIZERS = {"flax_example": ("momentum", (0.1, 0.9)), "default": ("adam", (2e-3,))}
 
 
 def import_other(root: Path, into: Path) -> Any:
@@ -64,8 +62,7 @@ def second_epoch_rate(package: Any, config: str, data: tuple, batch_size: int, s
     fit = package.training.fit
     model_kwargs: Any = CONFIGS[config]["model"]
     model = package.models.CNN(**model_kwargs)
-    name, args = OPTIMIZERS[config]
-    optimizer = getattr(package, name)(*args)
+    optimizer = CONFIGS[config]["optimizer"](package)
     common = dict(epochs=2, batch_size=batch_size, seed=seed, runner="loop", progress=False)
     if "validation_data" in inspect.signature(fit).parameters:
         _, history = fit(model, optimizer, x, y, validation_data=(val_x, val_y), **common)

@@ -41,18 +41,20 @@ from benchmarks.common import emit, machine, mnist, summarize, table
 from jaxtricks.models import CNN
 from jaxtricks.training import fit
 
+# Each config's ``optimizer`` builds jaxtricks' optimizer from a jaxtricks package, this one by
+# default (fit_against passes another checkout's).
 CONFIGS = {
     # The Flax MNIST example: its CNN, SGD with momentum, batch 128.
     "flax_example": dict(
         model=dict(use_batch_norm=False, dropout_rate=0.0),
-        optimizer=lambda: jt.momentum(0.1, 0.9),
+        optimizer=lambda package=jt: package.momentum(0.1, 0.9),
         reference=lambda: optax.sgd(0.1, momentum=0.9),
         torch_optimizer=lambda torch, params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
     ),
     # The command line's defaults: batch norm, dropout 0.1, Adam.
     "default": dict(
         model=dict(use_batch_norm=True, dropout_rate=0.1),
-        optimizer=lambda: jt.adam(2e-3),
+        optimizer=lambda package=jt: package.adam(2e-3),
         reference=lambda: optax.adam(2e-3),
         torch_optimizer=lambda torch, params: torch.optim.Adam(params, lr=2e-3),
     ),

@@ -30,6 +30,7 @@ def _finite(tree) -> bool:
                if jnp.issubdtype(leaf.dtype, jnp.inexact))
 
 
+ADAM = jt.adam(1e-3)
 # Each injection: (where, value). Rows 3 and 40 of the training set, or every label.
 INJECTIONS = [
     ("pixel", 3e38), ("pixel", -3e38), ("pixel", 1e30), ("pixel", 1e20), ("pixel", np.nan),
@@ -55,7 +56,9 @@ def test_an_extreme_value_in_training_data_never_poisons_the_state(model_name, w
                                                                   use_batch_norm=True)
     # runner="loop": choosing a runner compiles a lax.scan one too, and XLA:CPU's compiler
     # segfaulted there twice in long-lived test workers (not reproduced alone; see the notes).
-    state, history = fit(model, jt.adam(1e-3), images, labels, epochs=2, batch_size=32,
+    # One optimizer for every case: fit's steps for an equal model and optimizer are built and
+    # compiled once, and the cases differ only in their data.
+    state, history = fit(model, ADAM, images, labels, epochs=2, batch_size=32,
                          progress=False, runner="loop")
     assert _finite((state.params, state.model_state, state.opt_state))
     skipped = sum(record.skipped_steps for record in history.epochs)

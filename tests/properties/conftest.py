@@ -1,7 +1,8 @@
 """Hypothesis profiles for the property tests, chosen by ``HYPOTHESIS_PROFILE``.
 
 ``default`` (a quick local run) and ``ci`` (many more examples) differ only in the number of
-examples. There is no deadline: the first examples of a test pay for compilation.
+examples; a test parametrized over many cases draws at most 50 per case (``per_case.py``).
+There is no deadline: the first examples of a test pay for compilation.
 """
 
 import os

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from per_case import per_case
 
 from jaxtricks.testing import INITIALIZER_CHECKS, REAL_DTYPES, check_initializer
 from jaxtricks.testing.strategies import COMPLEX64, FLOAT64
@@ -57,6 +58,7 @@ def wide(dtype):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
+@per_case
 @given(key=KEYS, shape=SHAPES, data=st.data())
 def test_draws_the_requested_shape_and_dtype_as_a_function_of_the_key(name, key, shape, data):
     dtype = data.draw(REAL_DTYPES_X64 if name in REAL_ONLY else DTYPES_X64)
@@ -68,6 +70,7 @@ def test_draws_the_requested_shape_and_dtype_as_a_function_of_the_key(name, key,
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
+@per_case
 @given(key=KEYS, data=st.data())
 def test_jit_draws_what_eager_draws(name, key, data):
     dtype = data.draw(REAL_DTYPES_X64 if name in REAL_ONLY else DTYPES_X64)

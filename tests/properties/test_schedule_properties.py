@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from per_case import per_case
 
 import jaxtricks as jt
 from jaxtricks.testing import SCHEDULE_NAMES, check_schedule, schedules
@@ -46,6 +47,7 @@ def test_value_is_a_finite_nonnegative_float32_scalar(name, data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
+@per_case
 @given(data=st.data())
 def test_jit_and_vmap_equal_eager_calls(name, data):
     schedule = data.draw(SCHEDULES[name]).schedule

@@ -25,6 +25,7 @@ import optax
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from per_case import per_case
 
 import jaxtricks as jt
 from jaxtricks.testing import check_transform, problems, run_transform, specs
@@ -187,6 +188,7 @@ def checks_for(name, *checks):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@per_case
 @given(data=st.data())
 def test_contract_on_random_trees(name, data):
     """Dtypes, state layout, finiteness, None and zero-size leaves, on any random tree."""
@@ -199,6 +201,7 @@ def test_contract_on_random_trees(name, data):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@per_case
 @given(data=st.data())
 def test_jit_equals_eager_without_retracing(name, data):
     """On the templates, so that each transform compiles twice whatever the examples."""
@@ -212,6 +215,7 @@ def test_jit_equals_eager_without_retracing(name, data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
+@per_case
 @given(problem=problems(specs((FLOAT64, FLOAT32))))
 def test_float64_is_kept_under_x64(name, problem):
     with jax.enable_x64(True):
@@ -223,6 +227,7 @@ def test_float64_is_kept_under_x64(name, problem):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
+@per_case
 @given(data=st.data())
 def test_vmap_over_independent_problems_equals_a_loop(name, data):
     problem = data.draw(template_problems(name, steps=2, batch=3))
@@ -233,6 +238,7 @@ def test_vmap_over_independent_problems_equals_a_loop(name, data):
 
 
 @pytest.mark.parametrize("name", sorted(set(NAMES) - DECAYING))
+@per_case
 @given(data=st.data())
 def test_zero_gradients_leave_the_parameters_unchanged(name, data):
     problem = data.draw(random_problems([name]))

@@ -3,9 +3,9 @@
 from hypothesis import settings
 
 # Each case of a test parametrized over every transform, initializer or schedule compiles its
-# own functions, and the test draws cases × examples in all: 50 per case under the "ci" profile
-# (a quick run's fewer stay as they are). The properties that are one case each draw the
-# profile's full number.
+# own functions, and the test draws cases × examples in all: the tests that compile or run
+# eager trajectories per case take 50 per case under the "ci" profile (a quick run's fewer
+# stay as they are). The rest draw the profile's full number (docs/reliability.md lists both).
 PER_CASE = 50
 
 

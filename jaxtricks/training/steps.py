@@ -19,8 +19,11 @@ already is allowed). These are what the update reads, so the verdict is known be
 update runs and the choice between new and old fuses into the update's own pass: the guard
 adds no pass over the state. It relies on the float32 norm: a finite ‖g‖ keeps every g² within
 float32's range, so parameters and optimizer state held in float32 cannot overflow from finite
-gradients through squares and sums of them. Held in a narrower dtype (a float16 accumulator,
-``param_dtype=float16``), they can: use ``"strict"`` there.
+gradients through squares and sums of them. Held in a dtype whose largest value is below
+float32's (a float16 accumulator, ``param_dtype=float16``; bfloat16, whose largest value is
+just below it; the 8-bit floats), they can: for such a state the default guard also tests what
+the update writes, as ``"strict"`` does, decided from the state's dtypes when the step is
+traced (a state in float32 or wider compiles without that test).
 
 ``skip_nonfinite="strict"`` also tests what the update writes, θ' and o' against θ_t and o_t:
 it catches an optimizer whose arithmetic makes a NaN or ±Inf from finite gradients (an infinite
@@ -280,6 +283,26 @@ def _finite_by_row_sums(tree: Any) -> jax.Array:
     return jnp.stack(flags).all() if flags else jnp.asarray(True)
 
 
+def _narrower_than_float32(tree: Any) -> bool:
+    """Whether a floating or complex leaf of ``tree`` has a largest value below float32's
+    (float16, bfloat16, the 8-bit floats): finite float32 gradients can overflow such a leaf.
+    Read from the leaves' dtypes, so under ``jit`` it is known when tracing.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> _narrower_than_float32({"w": jnp.ones(2, jnp.float32), "n": jnp.ones(2, jnp.int8)})
+        False
+        >>> _narrower_than_float32({"mu": jnp.ones(2, jnp.bfloat16)})
+        True
+    """
+    widest = float(jnp.finfo(jnp.float32).max)
+    return any(
+        float(jnp.finfo(leaf.dtype).max) < widest
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    )
+
+
 def _state_finite(new: Any, old: Any, by_sums: bool) -> jax.Array:
     """:func:`_inexact_finite` of ``new`` against ``old``; with ``by_sums``, computed only when
     the quick :func:`_finite_by_row_sums` fails (one ``lax.cond``), with the same verdict."""
@@ -336,9 +359,11 @@ def make_train_step(
             ``skipped = 1``. The gradients count as non-finite when their global norm is (also
             when finite gradients have a norm beyond float32's range, above about 1.8e19).
             ``"strict"``: also when the new parameters or optimizer state would hold a new NaN
-            or Inf (an optimizer's arithmetic overflowing from finite gradients, or state held
-            in float16), at the cost of one more pass over the state per step. False: no test.
-            See the module's docstring.
+            or Inf (an optimizer's arithmetic overflowing from finite gradients), at the cost
+            of one more pass over the state per step; True takes that test too where a
+            parameter or optimizer-state leaf's largest value is below float32's (float16,
+            bfloat16), which finite gradients can overflow. False: no test. See the module's
+            docstring.
         mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
             parallel: the batch is split along its leading axis (its size must divide by the
             number of devices) and the state is kept as
@@ -514,7 +539,8 @@ def _build_train_step(fm: FunctionalModel, optimizer, objective, skip_nonfinite,
                 # the update. The gradients through their norm, computed for the metrics anyway.
                 applied = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
                            & _inexact_finite(model_state, state.model_state))
-                if skip_nonfinite == "strict":
+                if skip_nonfinite == "strict" or _narrower_than_float32(
+                        (state.params, state.opt_state)):
                     # What the update writes, the updates through θ' = θ + u (see the module's
                     # docstring): one more pass over the new state, and the select is one more.
                     applied = applied & _state_finite(

@@ -385,19 +385,43 @@ def test_only_the_strict_guard_reads_the_new_parameters_and_optimizer_state():
     assert history.header["skip_nonfinite"] == "strict"
 
 
-def test_a_float16_optimizer_state_needs_the_strict_guard():
-    """The default guard bounds the state through the float32 gradient norm, which says nothing
-    of a float16 accumulator: gradients of 1e5 (finite, norm finite) overflow it. The default
-    guard applies that step, as its docstring says; the strict one skips it."""
+def test_the_default_guard_takes_the_strict_test_on_a_float16_optimizer_state():
+    """The float32 gradient norm bounds a float32 state, not a float16 accumulator: gradients of
+    1e5 (finite, norm finite) overflow it. On such a state the default guard tests what the
+    update writes, as the strict one does: both skip the step and keep the state bit for bit."""
     def large_loss(outputs, labels):
         del labels
         return 1e5 * jnp.sum(outputs, axis=-1)
 
     optimizer = optax.chain(optax.trace(0.9, accumulator_dtype=jnp.float16), optax.scale(-1e-6))
     # optax.trace adds float32 gradients into its float16 accumulator: standard promotion.
-    states = one_step_under_each_guard(optimizer, {True: 0, "strict": 1}, promotion="standard",
+    states = one_step_under_each_guard(optimizer, {True: 1, "strict": 1}, promotion="standard",
                                        loss_fn=large_loss, metrics={})
-    assert not all_finite(states[True].opt_state)
+    assert all_finite(states[True].opt_state)
+    assert_bit_identical(states[True], states["strict"])
+
+
+@pytest.mark.parametrize(("dtype", "tests_the_update"), [
+    (jnp.float16, True), (jnp.bfloat16, True), (jnp.float32, False),
+])
+def test_the_default_guard_tests_the_update_only_on_a_state_of_narrower_range(
+        dtype, tests_the_update):
+    """Decided from the state's dtypes when the step is traced: with a float16 or bfloat16
+    accumulator (bfloat16's largest value is just below float32's, so a finite float32 sum can
+    round to its infinity) the default guard's step is the strict one's; with float32 or
+    wider it leaves out the strict test's pass over the state."""
+    optimizer = optax.chain(optax.trace(0.9, accumulator_dtype=dtype), optax.scale(-0.1))
+    model, batch = nn.Dense(4), (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32))
+    state = create_train_state(model, optimizer, jax.random.key(0), batch[0])
+
+    def jaxpr(guard):
+        with use_speed_paths(PLAIN), jax.numpy_dtype_promotion("standard"):
+            return str(jax.make_jaxpr(make_train_step(model, optimizer,
+                                                      skip_nonfinite=guard))(state, batch))
+
+    assert (jaxpr(True) == jaxpr("strict")) == tests_the_update
+    assert (jaxpr(True).count("is_finite") < jaxpr("strict").count("is_finite")) != (
+        tests_the_update)
 
 
 def test_the_default_and_strict_guards_skip_the_same_bad_inputs_bit_for_bit():

@@ -35,5 +35,27 @@ def test_quick_run_times_every_operation(cnn_ops, capsys):
     assert ("avg_pool_forward_backward", "reshape_mean") in seen
     assert {v for op, v in seen if op == "dropout_mask"} == {"threefry2x32", "rbg", "unsafe_rbg"}
     assert all(r["ms"] > 0 and r["batch_size"] == 8 for r in records)
+    assert ("train_step", "BN, Adam") in seen
+    # XLA counts the convolutions' and the step's work; the rate is that work over the time.
+    for r in records:
+        if r["operation"].startswith("conv") or r["operation"] == "train_step":
+            assert r["flops"] > 0
+            assert r["gflop_per_s"] == pytest.approx(r["flops"] / r["ms"] / 1e6)
+    assert all(r["matmul_gflop_per_s"] > 0 for r in records)
     with pytest.raises(ValueError, match="--calls"):
         cnn_ops.main(["--calls", "0"])
+
+
+def test_the_layer_sizes_follow_the_flags(cnn_ops, capsys):
+    records = cnn_ops.main(["--quick", "--features", "4", "8", "--hidden", "16"])
+    capsys.readouterr()
+    by_operation = {r["operation"]: r for r in records if r["variant"] in ("NHWC", "3136x256")}
+    # conv2 maps 4 channels to 8 on 14×14 images, padded SAME: XLA counts the multiply-adds of
+    # the taps inside the image, (3·14 − 2)² per channel pair and image, 2 flops each.
+    assert by_operation["conv2_forward"]["flops"] == pytest.approx(8 * 40**2 * 2 * 4 * 8,
+                                                                    rel=0.01)
+    assert {r["variant"] for r in records if r["operation"] == "dense_forward_backward"} == {
+        "392x16"}
+    assert all(r["features"] == [4, 8] and r["hidden"] == 16 for r in records)
+    with pytest.raises(ValueError, match="--features"):
+        cnn_ops.main(["--quick", "--features", "0", "8"])

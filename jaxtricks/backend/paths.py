@@ -12,14 +12,14 @@ loss and update, up to float rounding. Five exist, each measured on XLA:CPU
 - ``donate_state``: whether a training step donates the state it is given, so its buffers are
   reused for the result. On the CPU the step that keeps them ran faster.
 - ``finite_check_by_sums``: the strict non-finite guard of a training step
-  (``skip_nonfinite="strict"``, or the default one on a 16-bit state) first tests each large
-  floating leaf of the new state through its row sums, a matrix-vector product (a NaN or an infinity
-  makes its row's sum non-finite), and runs the exact element-wise test only when that fails, in a
-  ``lax.cond``. The verdict is the exact test's either way. On XLA:CPU the product reads a leaf
-  about three times faster than the reduction ``all(isfinite(x))``; on a GPU a conditional may copy
-  its predicate to the host, a sync per step, so the plain path runs the exact test every step.
-  Under ``vmap`` (an ensemble's members) a conditional runs both branches, so ensembles take the
-  exact test alone.
+  (``skip_nonfinite="strict"``, or the default one on a state of smaller range than float32) first
+  tests each large floating leaf of the new state through its row sums, a matrix-vector product (a
+  NaN or an infinity makes its row's sum non-finite), and runs the exact element-wise test only when
+  that fails, in a ``lax.cond``. The verdict is the exact test's either way. On XLA:CPU the product
+  reads a leaf about three times faster than the reduction ``all(isfinite(x))``; on a GPU a
+  conditional may copy its predicate to the host, a sync per step, so the plain path runs the exact
+  test every step. Under ``vmap`` (an ensemble's members) a conditional runs both branches, so
+  ensembles take the exact test alone.
 
 Where a path was not measured (GPU, TPU) the plain one is the default: Flax's batch norm, the
 Python loop and donation, as in Flax's own examples. :func:`use_speed_paths` replaces the

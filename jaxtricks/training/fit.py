@@ -128,8 +128,8 @@ def fit(
         skip_nonfinite: skip the steps whose loss, gradients' global norm or new model
             state is not finite; ``"strict"``: also those that would write a new NaN or Inf
             into the parameters or optimizer state (one more pass over the state per step;
-            True takes that test too for parameters or optimizer state held in float16
-            or bfloat16);
+            True takes that test too for parameters or optimizer state held in a dtype of
+            smaller range than float32, such as float16 or bfloat16);
             False: none (see :func:`~jaxtricks.training.steps.make_train_step`). Skipped steps
             are counted per epoch (``skipped_steps``).
         mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data

@@ -18,12 +18,15 @@ beyond float32's range counts as non-finite too) and m' against m_t (an infinity
 already is allowed). These are what the update reads, so the verdict is known before the
 update runs and the choice between new and old fuses into the update's own pass: the guard
 adds no pass over the state. It relies on the float32 norm: a finite ‖g‖ keeps every g² within
-float32's range, so parameters and optimizer state held in float32 cannot overflow from finite
-gradients through squares and sums of them. Held in a dtype whose largest value is below
-float32's (a float16 accumulator, ``param_dtype=float16``; bfloat16, whose largest value is
-just below it; the 8-bit floats), they can: for such a state the default guard also tests what
-the update writes, as ``"strict"`` does, decided from the state's dtypes when the step is
-traced (a state in float32 or wider compiles without that test).
+float32's range, so what one step writes into float32 parameters and optimizer state from
+finite gradients (a step θ + u, averages of g and g² such as momentum and Adam's moments)
+cannot overflow. A sum over steps can: Adagrad's accumulator of g² overflows float32 after a
+few steps of gradients near 1e19; use ``"strict"`` for it. Held in a dtype whose largest value
+is below float32's (float16, ``param_dtype=float16``; bfloat16, whose largest value is just
+below it; the 8-bit floats), even one step's values can overflow: for such a state the default
+guard also tests what the update writes, as ``"strict"`` does, at the strict test's cost,
+decided from the state's dtypes when the step is traced (a state in float32 or wider compiles
+without that test).
 
 ``skip_nonfinite="strict"`` also tests what the update writes, θ' and o' against θ_t and o_t:
 it catches an optimizer whose arithmetic makes a NaN or ±Inf from finite gradients (an infinite
@@ -41,8 +44,8 @@ dtype and casts the outputs to its output dtype before the loss; θ and o stay i
 dtype. With its dynamic loss scale s (float16), the gradient is (1/s) ∇_θ (s L); a step whose
 loss is finite but whose gradient is not is an **overflow**: it keeps θ_t, o_t and m_t, halves
 s and is counted as ``overflow``, not as ``skipped`` (which stays the count of steps the guard
-skipped: a non-finite loss, gradient norm or model state, and with ``"strict"`` parameters or
-optimizer state).
+skipped: a non-finite loss, gradient norm or model state, and with ``"strict"``, or the default
+guard on a state narrower than float32, parameters or optimizer state).
 
 The default loss is the softmax cross-entropy of the outputs (logits) against integer labels or
 soft targets (a distribution over the classes per example), with the accuracy
@@ -360,10 +363,10 @@ def make_train_step(
             when finite gradients have a norm beyond float32's range, above about 1.8e19).
             ``"strict"``: also when the new parameters or optimizer state would hold a new NaN
             or Inf (an optimizer's arithmetic overflowing from finite gradients), at the cost
-            of one more pass over the state per step; True takes that test too where a
-            parameter or optimizer-state leaf's largest value is below float32's (float16,
-            bfloat16), which finite gradients can overflow. False: no test. See the module's
-            docstring.
+            of one more pass over the state per step; True takes that test too, and its cost,
+            where a parameter or optimizer-state leaf's largest value is below float32's
+            (float16, bfloat16, the 8-bit floats), which finite gradients can overflow. False:
+            no test. See the module's docstring.
         mesh: a 1-D mesh (:func:`~jaxtricks.training.sharding.make_mesh`) to train on in data
             parallel: the batch is split along its leading axis (its size must divide by the
             number of devices) and the state is kept as

@@ -28,11 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax.training.dynamic_scale import DynamicScale
 
 import jaxtricks as jt
 from jaxtricks.backend import PLAIN, use_speed_paths
 from jaxtricks.models import CNN
 from jaxtricks.training import create_train_state, epoch_indices, fit, make_train_step
+from jaxtricks.training.precision import Precision
 from jaxtricks.tricks.plateau import epoch_plateau, plateau_states, scale_by_plateau
 
 BATCH = 32
@@ -422,6 +424,54 @@ def test_the_default_guard_tests_the_update_only_on_a_state_of_narrower_range(
     assert (jaxpr(True) == jaxpr("strict")) == tests_the_update
     assert (jaxpr(True).count("is_finite") < jaxpr("strict").count("is_finite")) != (
         tests_the_update)
+
+
+@pytest.mark.parametrize(("policy", "optimizer"), [
+    # SGD keeps no state: the parameters alone are narrow.
+    (Precision(param_dtype=jnp.bfloat16, compute_dtype=jnp.bfloat16), optax.sgd(0.1)),
+    (Precision(param_dtype=jnp.float16, compute_dtype=jnp.float16,
+               loss_scale=DynamicScale(scale=2.0**15)), ADAM),
+])
+def test_the_default_guard_tests_the_update_of_16_bit_parameters(policy, optimizer):
+    """The same for the parameters (and a loss scale's state around the optimizer's): a policy
+    holding them in bfloat16 or float16 gets the strict test from the default guard."""
+    model, batch = nn.Dense(4), (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32))
+    with jax.numpy_dtype_promotion("standard"):
+        state = create_train_state(model, optimizer, jax.random.key(0), batch[0],
+                                   precision=policy)
+
+    def jaxpr(guard):
+        # Adam mixes its float32 counts into 16-bit moments: standard promotion.
+        with use_speed_paths(PLAIN), jax.numpy_dtype_promotion("standard"):
+            return str(jax.make_jaxpr(make_train_step(
+                model, optimizer, skip_nonfinite=guard, precision=policy))(state, batch))
+
+    assert jaxpr(True) == jaxpr("strict")
+
+
+def test_a_sum_over_steps_in_float32_needs_the_strict_guard():
+    """The float32 gradient norm bounds what one step adds, not a sum over steps: Adagrad's
+    float32 accumulator of g² overflows on the second step of gradients of 1.5e19 (finite, and
+    so is their norm). The default guard applies that step, as the module's docstring says;
+    the strict one skips it and keeps the state bit for bit."""
+    def large_loss(outputs, labels):
+        del labels
+        return 1.5e19 * outputs[:, 0]
+
+    model, batch = nn.Dense(1, use_bias=False), (jnp.ones((1, 1)), jnp.zeros((1,), jnp.int32))
+    finals = {}
+    for guard in (True, "strict"):
+        state = create_train_state(model, optax.adagrad(1e-30), jax.random.key(0), batch[0])
+        step = make_train_step(model, optax.adagrad(1e-30), loss_fn=large_loss, metrics={},
+                               skip_nonfinite=guard)
+        state, first = step(state, batch)
+        before = snapshot(state)
+        state, second = step(state, batch)
+        assert np.isfinite(float(second["grad_norm"]))
+        assert (int(first["skipped"]), int(second["skipped"])) == (0, int(guard == "strict"))
+        finals[guard], finals[f"{guard} before"] = state, before
+    assert not all_finite(finals[True].opt_state)
+    assert_bit_identical(finals["strict"].opt_state, finals["strict before"].opt_state)
 
 
 def test_the_default_and_strict_guards_skip_the_same_bad_inputs_bit_for_bit():

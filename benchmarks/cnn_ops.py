@@ -6,12 +6,13 @@ weight gradient, in NHWC (jaxtricks' layout) and NCHW dimension numbers; 2×2 av
 forward and forward+backward as jaxtricks computes it (reshape and mean) and as
 ``lax.reduce_window``; the hidden dense layer's forward+backward; a dropout mask of the hidden
 layer's shape with each PRNG implementation; and, to set the parts against, the whole training
-step of that CNN with batch norm and Adam on a batch of real MNIST images, as
-:func:`~jaxtricks.training.steps.make_train_step` builds it (with this backend's speed paths).
-Each figure is the best of ``--rounds`` rounds of ``--calls`` calls of one jit-compiled
-function, in milliseconds, so compare figures of one run only. Where XLA's cost analysis counts
-an operation's floating-point work, ``gflop_per_s`` is that work over the time, beside
-``matmul_gflop_per_s``, this machine's float32 rate on a 2048×2048 matrix product.
+step of that CNN with batch norm, Adam at a constant 1e-3 and the cross-entropy on a batch of
+real MNIST images, as :func:`~jaxtricks.training.steps.make_train_step` builds it (with this
+backend's speed paths, not donating its state). Each figure is the best of ``--rounds`` rounds
+of ``--calls`` calls of one jit-compiled function, in milliseconds, so compare figures of one
+run only. Where XLA's cost analysis counts an operation's floating-point work, ``gflop_per_s``
+is that work over the time, beside ``matmul_gflop_per_s``, this machine's float32 rate on a
+2048×2048 matrix product (256×256 with ``--quick``).
 
     python -m benchmarks.cnn_ops [--batch-size 128] [--features 32 64] [--hidden 256]
                                  [--rounds 3] [--calls 10] [--quick]
@@ -107,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     info = machine() | {"batch_size": batch, "features": [c1, c2], "hidden": hidden,
                         "load_average_1min": os.getloadavg()[0]}
-    info["matmul_gflop_per_s"] = matmul_flops_per_s(size=256 if args.quick else 2048) / 1e9
+    matmul_size = 256 if args.quick else 2048
+    info["matmul_gflop_per_s"] = matmul_flops_per_s(size=matmul_size) / 1e9
     records = []
 
     def record(operation: str, variant: str, timing: tuple[float, float | None]) -> None:
@@ -146,10 +148,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     # Not donated, so that every call can take the same state.
     train_step = make_train_step(model, optimizer, donate=False)
     record("train_step", "BN, Adam", timer(train_step, state, (images, labels)))
-    rows = [[r["operation"], r["variant"], r["ms"], r["gflop_per_s"]] for r in records]
-    size = 256 if args.quick else 2048
-    table([*rows, [f"matmul {size}x{size}", "float32", "", info["matmul_gflop_per_s"]]],
-          ["operation", "variant", "ms", "GFLOP/s"])
+    rows = [[r["operation"], r["variant"], r["ms"], r["gflop_per_s"] or ""] for r in records]
+    matmul = [f"matmul {matmul_size}x{matmul_size}", "float32", "", info["matmul_gflop_per_s"]]
+    table([*rows, matmul], ["operation", "variant", "ms", "GFLOP/s"])
     return records
 
 

@@ -48,14 +48,22 @@ def test_quick_run_times_every_operation(cnn_ops, capsys):
 
 def test_the_layer_sizes_follow_the_flags(cnn_ops, capsys):
     records = cnn_ops.main(["--quick", "--features", "4", "8", "--hidden", "16"])
+    wider = cnn_ops.main(["--quick", "--features", "8", "8", "--hidden", "16"])
     capsys.readouterr()
-    by_operation = {r["operation"]: r for r in records if r["variant"] in ("NHWC", "3136x256")}
+    nhwc = {r["operation"]: r for r in records if r["variant"] == "NHWC"}
+    batch = 8
     # conv2 maps 4 channels to 8 on 14×14 images, padded SAME: XLA counts the multiply-adds of
     # the taps inside the image, (3·14 − 2)² per channel pair and image, 2 flops each.
-    assert by_operation["conv2_forward"]["flops"] == pytest.approx(8 * 40**2 * 2 * 4 * 8,
-                                                                    rel=0.01)
+    assert nhwc["conv2_forward"]["flops"] == pytest.approx(batch * 40**2 * 2 * 4 * 8, rel=0.01)
     assert {r["variant"] for r in records if r["operation"] == "dense_forward_backward"} == {
         "392x16"}
     assert all(r["features"] == [4, 8] and r["hidden"] == 16 for r in records)
-    with pytest.raises(ValueError, match="--features"):
-        cnn_ops.main(["--quick", "--features", "0", "8"])
+
+    # The whole step is built from the flags too: twice conv1's channels, more work.
+    def step_flops(run):
+        return next(r["flops"] for r in run if r["operation"] == "train_step")
+
+    assert step_flops(wider) > step_flops(records)
+    for flags in (["--features", "0", "8"], ["--hidden", "0"]):
+        with pytest.raises(ValueError, match="--features, --hidden"):
+            cnn_ops.main(["--quick", *flags])

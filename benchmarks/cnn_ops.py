@@ -32,7 +32,7 @@ import numpy as np
 from jax import lax
 
 import jaxtricks as jt
-from benchmarks.common import emit, machine, mnist_batches, table
+from benchmarks.common import emit, machine, mnist_batches, table, xla_flops
 from benchmarks.time_to_99 import matmul_flops_per_s
 from jaxtricks.models import CNN
 from jaxtricks.models.cnn import average_pool_2x2
@@ -54,13 +54,8 @@ def best_ms(function: Callable, *args: Any, rounds: int, calls: int) -> float:
 
 
 def flops(function: Callable, *args: Any) -> float | None:
-    """The floating-point operations of one call of the jit-compiled ``function(*args)`` by
-    XLA's cost analysis; None where it counts none."""
-    analysis = function.lower(*args).compile().cost_analysis()
-    if isinstance(analysis, list | tuple):  # one entry per program on older jax
-        analysis = analysis[0]
-    count = float((analysis or {}).get("flops", 0.0))
-    return count if count > 0 else None
+    """:func:`benchmarks.common.xla_flops` of ``function(*args)``; None where XLA counts none."""
+    return xla_flops(function, *args) or None
 
 
 def _conv_timings(layout, batch, size, cin, cout, rng, timer) -> dict[str, tuple[float, Any]]:

@@ -26,6 +26,15 @@ HOST_ALLOCATOR = (
 )
 
 
+def xla_flops(function: Any, *args: Any) -> float:
+    """The floating-point operations of one call of the jit-compiled ``function(*args)``, as
+    XLA's cost analysis counts them (0.0 where it counts none)."""
+    analysis = function.lower(*args).compile().cost_analysis()
+    if isinstance(analysis, list | tuple):  # one entry per program on older jax
+        analysis = analysis[0]
+    return float((analysis or {}).get("flops", 0.0))
+
+
 def machine() -> dict[str, Any]:
     """The machine and versions a measurement was taken on."""
     import flax

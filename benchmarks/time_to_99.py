@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxtricks as jt
-from benchmarks.common import emit, machine, mnist, summarize, table
+from benchmarks.common import emit, machine, mnist, summarize, table, xla_flops
 from jaxtricks.models import CNN
 from jaxtricks.training.epochs import compile_epoch_runner, epoch_indices, run_epoch
 from jaxtricks.training.state import create_train_state
@@ -137,10 +137,7 @@ def _whole_split_correct(eval_step, images: jax.Array, labels: jax.Array, batch_
 
 def step_flops(train_step: Any, state: Any, batch: Any) -> float:
     """Floating-point operations of one training step, from XLA's cost analysis."""
-    analysis = jax.jit(train_step).lower(state, batch).compile().cost_analysis()
-    if isinstance(analysis, list | tuple):  # one entry per program on older jax
-        analysis = analysis[0]
-    return float(analysis["flops"])
+    return xla_flops(jax.jit(train_step), state, batch)
 
 
 def matmul_flops_per_s(size: int = 2048, repeats: int = 10) -> float:

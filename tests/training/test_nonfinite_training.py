@@ -365,6 +365,15 @@ def test_finite_gradients_with_non_finite_updates_are_skipped_by_the_strict_guar
     assert not all_finite(states[True].params)
 
 
+def guard_jaxpr(model, optimizer, state, batch, guard, paths=PLAIN, **step_kwargs):
+    """The jaxpr of ``make_train_step(model, optimizer, skip_nonfinite=guard)`` on ``state``
+    and ``batch``, traced under ``paths`` and standard promotion (a 16-bit state's optimizer
+    mixes in its float32 counts)."""
+    step = make_train_step(model, optimizer, skip_nonfinite=guard, **step_kwargs)
+    with use_speed_paths(paths), jax.numpy_dtype_promotion("standard"):
+        return str(jax.make_jaxpr(step)(state, batch))
+
+
 def test_only_the_strict_guard_reads_the_new_parameters_and_optimizer_state():
     """The default guard's verdict is known before the update, so its select can fuse into it:
     its step tests fewer arrays for finiteness than the strict one (plain path), has no
@@ -374,9 +383,7 @@ def test_only_the_strict_guard_reads_the_new_parameters_and_optimizer_state():
     state = create_train_state(model, optimizer, jax.random.key(0), batch[0])
 
     def jaxpr(guard, paths):
-        with use_speed_paths(paths):
-            return str(jax.make_jaxpr(make_train_step(model, optimizer,
-                                                      skip_nonfinite=guard))(state, batch))
+        return guard_jaxpr(model, optimizer, state, batch, guard, paths)
 
     plain = {guard: jaxpr(guard, PLAIN) for guard in (True, "strict")}
     assert plain[True].count("is_finite") < plain["strict"].count("is_finite")
@@ -416,14 +423,10 @@ def test_the_default_guard_tests_the_update_only_on_a_state_of_narrower_range(
     model, batch = nn.Dense(4), (jnp.ones((2, 3)), jnp.zeros((2,), jnp.int32))
     state = create_train_state(model, optimizer, jax.random.key(0), batch[0])
 
-    def jaxpr(guard):
-        with use_speed_paths(PLAIN), jax.numpy_dtype_promotion("standard"):
-            return str(jax.make_jaxpr(make_train_step(model, optimizer,
-                                                      skip_nonfinite=guard))(state, batch))
-
-    assert (jaxpr(True) == jaxpr("strict")) == tests_the_update
-    assert (jaxpr(True).count("is_finite") < jaxpr("strict").count("is_finite")) != (
-        tests_the_update)
+    default, strict = (guard_jaxpr(model, optimizer, state, batch, guard)
+                       for guard in (True, "strict"))
+    assert (default == strict) == tests_the_update
+    assert (default.count("is_finite") < strict.count("is_finite")) != tests_the_update
 
 
 @pytest.mark.parametrize(("policy", "optimizer"), [
@@ -440,13 +443,8 @@ def test_the_default_guard_tests_the_update_of_16_bit_parameters(policy, optimiz
         state = create_train_state(model, optimizer, jax.random.key(0), batch[0],
                                    precision=policy)
 
-    def jaxpr(guard):
-        # Adam mixes its float32 counts into 16-bit moments: standard promotion.
-        with use_speed_paths(PLAIN), jax.numpy_dtype_promotion("standard"):
-            return str(jax.make_jaxpr(make_train_step(
-                model, optimizer, skip_nonfinite=guard, precision=policy))(state, batch))
-
-    assert jaxpr(True) == jaxpr("strict")
+    assert (guard_jaxpr(model, optimizer, state, batch, True, precision=policy)
+            == guard_jaxpr(model, optimizer, state, batch, "strict", precision=policy))
 
 
 def test_a_sum_over_steps_in_float32_needs_the_strict_guard():

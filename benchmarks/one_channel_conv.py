@@ -34,7 +34,8 @@ from jaxtricks.training.steps import make_train_step
 _FAST = RECIPES["fast"]
 MODELS: dict[str, tuple[dict[str, Any], Any]] = {
     **{name: (config["model"], config["optimizer"]) for name, config in CONFIGS.items()},
-    "time_to_99": (_FAST["model"], lambda: jt.adam(_FAST["peak_lr"], b1=_FAST["b1"])),
+    "time_to_99": (_FAST["model"],
+                   lambda: jt.adam(_FAST["peak_lr"], b1=_FAST["b1"], b2=_FAST["b2"])),
 }
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import optax
 import pytest
@@ -19,7 +20,8 @@ def test_eval_batches_must_divide_the_split(time_to_99):
 
 
 @pytest.mark.parametrize("flags", [["--target", "1.5"], ["--steps", "0"],
-                                   ["--label-smoothing", "1.5"]], ids=lambda f: f[0])
+                                   ["--label-smoothing", "1.5"], ["--b1", "-0.1"],
+                                   ["--b2", "1.0"]], ids=lambda f: f[0])
 def test_bad_flags_are_refused(time_to_99, flags):
     with pytest.raises(ValueError, match=flags[0]):
         time_to_99.main(flags)
@@ -31,6 +33,18 @@ def test_a_run_that_misses_the_target_counts_as_infinitely_slow(time_to_99):
     assert time_to_99.median_wall_s(runs) == 7.0
     assert time_to_99.median_wall_s(runs[:2]) == float("inf")
     assert time_to_99.median_wall_s(runs[::2]) == 6.0
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_the_recipes_betas_reach_the_optimizer(time_to_99, name):
+    optimizer = time_to_99._optimizer(name, 0.1, 0.8, 0.95)
+    params = {"w": jnp.zeros(3)}
+    _, state = optimizer.update({"w": jnp.full(3, 2.0)}, optimizer.init(params), params)
+    (adam_state,) = [s for s in jax.tree.leaves(state, is_leaf=lambda s: hasattr(s, "nu"))
+                     if hasattr(s, "nu")]
+    # One step from zero moments: mu = (1 - b1) g, nu = (1 - b2) g².
+    assert jnp.allclose(adam_state.mu["w"], 0.2 * 2.0)
+    assert jnp.allclose(adam_state.nu["w"], 0.05 * 4.0)
 
 
 def test_label_smoothing_picks_the_smoothed_loss(time_to_99):
@@ -48,11 +62,11 @@ def test_label_smoothing_picks_the_smoothed_loss(time_to_99):
 
 @pytest.mark.slow
 def test_quick_run_stops_at_the_target(time_to_99, capsys):
-    records = time_to_99.main(["--quick", "--seeds", "3", "7"])
+    records = time_to_99.main(["--quick", "--seeds", "3", "7", "--b2", "0.98"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines == json.loads(json.dumps(records))
     (record,) = records  # --quick keeps one seed
-    assert record["seed"] == 3 and record["target"] == 0.5
+    assert record["seed"] == 3 and record["target"] == 0.5 and record["config"]["b2"] == 0.98
     assert record["train_examples"] == 2048 and record["test_examples"] == 1000
     steps = [point[0] for point in record["curve"]]
     accuracies = [point[2] for point in record["curve"]]
@@ -85,7 +99,7 @@ def test_a_fractional_cycle_ends_mid_epoch_and_checks_where_it_ends(time_to_99, 
     train_x, train_y, test_x, test_y = time_to_99.mnist(train_examples=2048, test_examples=1000)
     recipe = dict(
         model=dict(features=(4, 8), hidden=16, use_batch_norm=True), optimizer="adam",
-        peak_lr=4e-3, b1=0.9, batch_size=128, eval_every=5, eval_from=0, **cycle,
+        peak_lr=4e-3, b1=0.9, b2=0.999, batch_size=128, eval_every=5, eval_from=0, **cycle,
     )
     record = time_to_99.run(recipe, 0, train_x, train_y, test_x, test_y, target=1.01)
     assert not record["reached"]

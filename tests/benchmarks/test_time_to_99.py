@@ -23,8 +23,9 @@ def test_eval_batches_must_divide_the_split(time_to_99):
                                    ["--label-smoothing", "1.5"], ["--b1", "-0.1"],
                                    ["--b2", "1.0"]], ids=lambda f: f[0])
 def test_bad_flags_are_refused(time_to_99, flags):
+    # --quick: should the check go, the run falls on the small subset, not all of MNIST.
     with pytest.raises(ValueError, match=flags[0]):
-        time_to_99.main(flags)
+        time_to_99.main([*flags, "--quick"])
 
 
 def test_a_run_that_misses_the_target_counts_as_infinitely_slow(time_to_99):
@@ -95,13 +96,19 @@ def test_quick_run_stops_at_the_target(time_to_99, capsys):
     ],
     ids=["epochs", "steps"],
 )
-def test_a_fractional_cycle_ends_mid_epoch_and_checks_where_it_ends(time_to_99, cycle, checks):
+def test_a_fractional_cycle_ends_mid_epoch_and_checks_where_it_ends(
+        time_to_99, monkeypatch, cycle, checks):
     train_x, train_y, test_x, test_y = time_to_99.mnist(train_examples=2048, test_examples=1000)
     recipe = dict(
         model=dict(features=(4, 8), hidden=16, use_batch_norm=True), optimizer="adam",
-        peak_lr=4e-3, b1=0.9, b2=0.999, batch_size=128, eval_every=5, eval_from=0, **cycle,
+        peak_lr=4e-3, b1=0.8, b2=0.95, batch_size=128, eval_every=5, eval_from=0, **cycle,
     )
+    built = []
+    optimizer = time_to_99._optimizer
+    monkeypatch.setattr(time_to_99, "_optimizer",
+                        lambda *args: built.append(args[:1] + args[2:]) or optimizer(*args))
     record = time_to_99.run(recipe, 0, train_x, train_y, test_x, test_y, target=1.01)
+    assert built == [("adam", 0.8, 0.95)]  # the recipe's betas, in their places
     assert not record["reached"]
     assert [point[0] for point in record["curve"]] == checks
     assert record["step"] == checks[-1] and record["epochs"] == checks[-1] / 16

@@ -53,7 +53,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         eval_from=120, eval_every=30,
     ),
     # The small net below on batch 64, a cycle of 550 steps (0.59 epoch) at a peak of 1.3e-2,
-    # Adam's β₂ at 0.95 (a second moment that follows the short cycle's gradients) and label
+    # Adam's β₂ at 0.95 (a second moment averaged over some 20 steps, not 1,000) and label
     # smoothing 0.05, checked once, where the cycle ends and the accuracy peaks (a check of the
     # test split costs as much as many steps). Chosen on seeds 20-31, not the reported 0-4; the
     # figures and commands it was chosen by are in docs/benchmarks.md (Time to 99%).
